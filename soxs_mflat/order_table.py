@@ -1,0 +1,202 @@
+"""The order table (``ORDER_TAB_<ARM>``): dataclass and FITS layout (spec §4).
+
+This module converts between :class:`OrderTable` and an in-memory :class:`astropy.io.fits.HDUList`;
+reading and writing files is left to ``frames.py`` and ``products.py``.
+
+Layout: HDU 0 header only; HDU 1 one-row coefficient table; HDU 2 one row per order (metadata);
+HDU 3 ``ORDER_TRACES``. Coefficient columns follow the polynomial term order (i-major) because
+soxspipe reads them by position.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from soxs_mflat.geometry import Poly2D
+
+TRACE_PREFIXES = {"centre": "cent_", "std": "std_", "edge_low": "edgelow_c", "edge_up": "edgeup_c"}
+_DEGREE_SUFFIX = {"centre": "cent", "std": "std", "edge_low": "edgelow", "edge_up": "edgeup"}
+
+
+@dataclass(frozen=True)
+class OrderTable:
+    """Order centres (and, after mflat, edges) of one arm.
+
+    ``fitted_axis`` is axis A (``"x"`` for dispersion-axis x). ``b_min``/``b_max`` are the per-order
+    extents along axis B as stored in the table; ``a_min``/``a_max`` are carried through.
+    Coefficients are in unbinned pixels.
+    """
+
+    fitted_axis: str
+    orders: np.ndarray
+    b_min: np.ndarray
+    b_max: np.ndarray
+    a_min: np.ndarray
+    a_max: np.ndarray
+    centre: Poly2D
+    std: Poly2D | None = None
+    edge_low: Poly2D | None = None
+    edge_up: Poly2D | None = None
+    extra_meta: dict[str, np.ndarray] = field(default_factory=dict)
+    header: fits.Header = field(default_factory=fits.Header)
+
+    @property
+    def along_axis(self) -> str:
+        """Axis B: the coordinate along the orders."""
+        return "y" if self.fitted_axis == "x" else "x"
+
+    @property
+    def has_edges(self) -> bool:
+        """True once order edges have been fitted."""
+        return self.edge_low is not None and self.edge_up is not None
+
+    def with_edges(self, edge_low: Poly2D, edge_up: Poly2D, **changes: object) -> OrderTable:
+        """Copy with edge polynomials (and any other field) replaced."""
+        return replace(self, edge_low=edge_low, edge_up=edge_up, **changes)
+
+    def select_orders(self, keep: np.ndarray) -> OrderTable:
+        """Copy keeping only the orders where the boolean ``keep`` is true."""
+        keep = np.asarray(keep, dtype=bool)
+        return replace(
+            self,
+            orders=self.orders[keep],
+            b_min=self.b_min[keep],
+            b_max=self.b_max[keep],
+            a_min=self.a_min[keep],
+            a_max=self.a_max[keep],
+            extra_meta={k: v[keep] for k, v in self.extra_meta.items()},
+        )
+
+
+def _coefficient_columns(table: OrderTable) -> list[tuple[str, object]]:
+    """(name, value) pairs of the coefficient row in the order soxspipe requires."""
+    b = table.along_axis
+    columns: list[tuple[str, object]] = []
+    for kind in ("centre", "std"):
+        poly = getattr(table, kind)
+        if poly is None:
+            continue
+        suffix = _DEGREE_SUFFIX[kind]
+        columns += [(f"degorder_{suffix}", poly.deg_order), (f"deg{b}_{suffix}", poly.deg_b)]
+        columns += _terms(TRACE_PREFIXES[kind], poly)
+    if table.has_edges:
+        columns += [
+            ("degorder_edgelow", table.edge_low.deg_order),
+            ("degorder_edgeup", table.edge_up.deg_order),
+            (f"deg{b}_edgelow", table.edge_low.deg_b),
+            (f"deg{b}_edgeup", table.edge_up.deg_b),
+        ]
+        columns += _terms(TRACE_PREFIXES["edge_low"], table.edge_low)
+        columns += _terms(TRACE_PREFIXES["edge_up"], table.edge_up)
+    return columns
+
+
+def _terms(prefix: str, poly: Poly2D) -> list[tuple[str, object]]:
+    if poly.deg_order > 9 or poly.deg_b > 9:
+        raise ValueError("order-table polynomial degrees must be at most 9")
+    return [
+        (f"{prefix}{i}{j}", float(poly.coeffs[i, j]))
+        for i in range(poly.deg_order + 1)
+        for j in range(poly.deg_b + 1)
+    ]
+
+
+def _read_poly(row: Table, kind: str) -> Poly2D | None:
+    prefix = TRACE_PREFIXES[kind]
+    pattern = re.compile(rf"^{prefix}(\d)(\d)$")
+    terms = {}
+    for name in row.colnames:
+        match = pattern.match(name)
+        if match:
+            terms[(int(match.group(1)), int(match.group(2)))] = float(row[name][0])
+    if not terms:
+        return None
+    deg_order = max(i for i, _ in terms)
+    deg_b = max(j for _, j in terms)
+    coeffs = np.zeros((deg_order + 1, deg_b + 1))
+    for (i, j), value in terms.items():
+        coeffs[i, j] = value
+    return Poly2D(coeffs)
+
+
+def to_hdulist(table: OrderTable, *, trace_binning: tuple[int, int] = (1, 1)) -> fits.HDUList:
+    """Build the order-table HDUs (spec §4.1).
+
+    ``trace_binning`` is the (A, B) binning of the frame the metadata limits refer to; the
+    ``ORDER_TRACES`` extension is sampled at every unbinned axis-B pixel.
+    """
+    a, b = table.fitted_axis, table.along_axis
+    coefficient_columns = _coefficient_columns(table)
+    coefficients = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name=name, format="K" if isinstance(value, int | np.integer) else "D", array=[value])
+            for name, value in coefficient_columns
+        ]
+    )
+    order_values = table.orders.astype(np.float64) if table.has_edges else table.orders.astype(np.int64)
+    meta_columns = [
+        fits.Column(name="order", format="D" if table.has_edges else "K", array=order_values),
+        fits.Column(name=f"{b}min", format="D", array=table.b_min.astype(np.float64)),
+        fits.Column(name=f"{b}max", format="D", array=table.b_max.astype(np.float64)),
+        fits.Column(name=f"{a}min", format="D", array=table.a_min.astype(np.float64)),
+        fits.Column(name=f"{a}max", format="D", array=table.a_max.astype(np.float64)),
+    ]
+    meta_columns += [
+        fits.Column(name=name, format="D", array=np.asarray(values, dtype=np.float64))
+        for name, values in table.extra_meta.items()
+    ]
+    meta = fits.BinTableHDU.from_columns(meta_columns)
+    traces = fits.BinTableHDU(order_traces(table, trace_binning[1]), name="ORDER_TRACES")
+    primary = fits.PrimaryHDU(header=table.header.copy())
+    return fits.HDUList([primary, coefficients, meta, traces])
+
+
+def order_traces(table: OrderTable, b_bin: int) -> Table:
+    """Traces sampled at every unbinned axis-B pixel of every order (spec §4.5)."""
+    a, b = table.fitted_axis, table.along_axis
+    coords, orders = [], []
+    for order, low, high in zip(table.orders, table.b_min, table.b_max, strict=True):
+        start = int(np.floor(low * b_bin))
+        stop = int(np.ceil(high * b_bin))
+        coords.append(np.arange(start, stop, dtype=np.int64))
+        orders.append(np.full(stop - start, int(order), dtype=np.int64))
+    coord = np.concatenate(coords) if coords else np.zeros(0, dtype=np.int64)
+    order = np.concatenate(orders) if orders else np.zeros(0, dtype=np.int64)
+    columns = {f"{b}coord": coord, "order": order, f"{a}coord_centre": table.centre(order, coord)}
+    if table.has_edges:
+        columns[f"{a}coord_edgeup"] = table.edge_up(order, coord)
+        columns[f"{a}coord_edgelow"] = table.edge_low(order, coord)
+    return Table(columns)
+
+
+def from_hdulist(hdulist: fits.HDUList) -> OrderTable:
+    """Read an order table from its HDUs (HDU 1 and HDU 2 by position, as soxspipe does)."""
+    coefficients = Table(hdulist[1].data)
+    meta = Table(hdulist[2].data)
+    fitted_axis = "x" if "degy_cent" in coefficients.colnames else "y"
+    a, b = fitted_axis, ("y" if fitted_axis == "x" else "x")
+    centre = _read_poly(coefficients, "centre")
+    if centre is None:
+        raise ValueError("order table has no cent_ coefficients")
+    known = {"order", f"{b}min", f"{b}max", f"{a}min", f"{a}max"}
+    n_orders = len(meta)
+    nan = np.full(n_orders, np.nan)
+    return OrderTable(
+        fitted_axis=fitted_axis,
+        orders=np.round(np.asarray(meta["order"], dtype=np.float64)).astype(np.int64),
+        b_min=np.asarray(meta[f"{b}min"], dtype=np.float64),
+        b_max=np.asarray(meta[f"{b}max"], dtype=np.float64),
+        a_min=np.asarray(meta[f"{a}min"], dtype=np.float64) if f"{a}min" in meta.colnames else nan,
+        a_max=np.asarray(meta[f"{a}max"], dtype=np.float64) if f"{a}max" in meta.colnames else nan,
+        centre=centre,
+        std=_read_poly(coefficients, "std"),
+        edge_low=_read_poly(coefficients, "edge_low"),
+        edge_up=_read_poly(coefficients, "edge_up"),
+        extra_meta={name: np.asarray(meta[name], dtype=np.float64) for name in meta.colnames if name not in known},
+        header=hdulist[0].header.copy(),
+    )
