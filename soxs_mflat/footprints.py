@@ -1,0 +1,108 @@
+"""Where the orders fall on a frame: per-order bounds and pixel masks.
+
+Steps work on images in "BA orientation": rows run along axis B (along the orders) and columns
+along axis A (across them). For dispersion-axis ``x`` arms that is the frame as stored
+(``image[y, x]``); for SOXS NIR (dispersion-axis ``y``) it is the transpose. :func:`to_ba` and
+:func:`from_ba` convert, so no step needs to know the arm's orientation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from soxs_mflat.order_table import OrderTable
+
+
+def to_ba(image: np.ndarray, fitted_axis: str) -> np.ndarray:
+    """View of ``image`` with rows along axis B and columns along axis A."""
+    return image if fitted_axis == "x" else image.T
+
+
+def from_ba(image: np.ndarray, fitted_axis: str) -> np.ndarray:
+    """Inverse of :func:`to_ba`."""
+    return image if fitted_axis == "x" else image.T
+
+
+def frame_binning_ab(binning_xy: tuple[int, int], fitted_axis: str) -> tuple[int, int]:
+    """(A binning, B binning) from the frame's (binx, biny)."""
+    binx, biny = binning_xy
+    return (binx, biny) if fitted_axis == "x" else (biny, binx)
+
+
+@dataclass(frozen=True)
+class OrderBounds:
+    """Per-order trace positions on a frame, in frame (binned) pixels, BA orientation.
+
+    ``low``/``centre``/``up`` have shape (n_orders, n_b): the axis-A coordinate of each order at
+    every frame row along B. ``valid`` marks rows inside the order's extent along B and on the
+    detector.
+    """
+
+    orders: np.ndarray
+    low: np.ndarray
+    centre: np.ndarray
+    up: np.ndarray
+    valid: np.ndarray
+
+
+def order_bounds(
+    table: OrderTable,
+    shape_ba: tuple[int, int],
+    binning_ab: tuple[int, int],
+    *,
+    half_width: float | None = None,
+    limits_binned: bool = True,
+) -> OrderBounds:
+    """Evaluate the table's traces on every row along B of a frame in BA orientation.
+
+    With edges in the table, ``low``/``up`` are the fitted edges; otherwise (or if ``half_width``
+    is given) they are ``centre ∓ half_width``. ``limits_binned`` says whether the table's
+    ``b_min``/``b_max`` are in the frame's binned pixels (mflat output) or unbinned (centre tables).
+    """
+    a_bin, b_bin = binning_ab
+    n_b, n_a = shape_ba
+    b_frame = np.arange(n_b, dtype=np.float64)
+    orders = np.asarray(table.orders)
+    grid_order = orders[:, None].astype(np.float64)
+    centre = table.centre.in_frame(grid_order, b_frame[None, :], a_bin, b_bin)
+    if table.has_edges and half_width is None:
+        low = table.edge_low.in_frame(grid_order, b_frame[None, :], a_bin, b_bin)
+        up = table.edge_up.in_frame(grid_order, b_frame[None, :], a_bin, b_bin)
+    else:
+        width = 0.0 if half_width is None else half_width
+        low, up = centre - width, centre + width
+    scale = 1.0 if limits_binned else 1.0 / b_bin
+    b_low = np.floor(table.b_min * scale)[:, None]
+    b_high = np.ceil(table.b_max * scale)[:, None]
+    valid = (b_frame[None, :] >= b_low) & (b_frame[None, :] < b_high) & (up >= 0) & (low <= n_a - 1)
+    return OrderBounds(orders, low, centre, up, valid)
+
+
+def order_labels(bounds: OrderBounds, shape_ba: tuple[int, int], *, grow: float = 0.0) -> np.ndarray:
+    """Label image (BA orientation): ``k + 1`` where a pixel centre lies within order ``k``'s bounds
+    widened by ``grow`` pixels on both sides, 0 elsewhere. Later orders win where grown bounds overlap.
+    """
+    n_a = shape_ba[1]
+    labels = np.zeros(shape_ba, dtype=np.int16)
+    a = np.arange(n_a, dtype=np.float64)[None, :]
+    for k in range(bounds.orders.size):
+        inside = (a >= (bounds.low[k] - grow)[:, None]) & (a <= (bounds.up[k] + grow)[:, None])
+        inside &= bounds.valid[k][:, None]
+        labels[inside] = k + 1
+    return labels
+
+
+def edge_distance(bounds: OrderBounds, shape_ba: tuple[int, int]) -> np.ndarray:
+    """Distance (px, BA orientation) from each in-order pixel centre to the nearer edge of its order;
+    negative outside every order (minus the distance to the nearest edge of the nearest order).
+    """
+    n_a = shape_ba[1]
+    a = np.arange(n_a, dtype=np.float64)[None, :]
+    distance = np.full(shape_ba, -np.inf)
+    for k in range(bounds.orders.size):
+        d = np.minimum(a - bounds.low[k][:, None], bounds.up[k][:, None] - a)
+        d = np.where(bounds.valid[k][:, None], d, -np.inf)
+        distance = np.maximum(distance, d)
+    return distance
