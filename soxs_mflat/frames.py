@@ -1,0 +1,173 @@
+"""Reading input files and preparing raw frames (spec §2).
+
+This module and the recipe's writer are the only places that touch disk. Reading errors a user can
+fix (not FITS, truncated, missing keyword) become :class:`UserInputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
+
+from soxs_mflat.errors import UserInputError
+from soxs_mflat.instruments import Detector
+from soxs_mflat.order_table import OrderTable, from_hdulist
+from soxs_mflat.sof import InputFile
+
+
+@dataclass(frozen=True)
+class FrameFile:
+    """An input file with the header used to classify it."""
+
+    path: Path
+    tag: str | None
+    header: fits.Header
+    n_hdus: int
+    is_table: bool
+
+    @property
+    def is_prepared(self) -> bool:
+        """Already prepared, or a product: more than one HDU or an ``SXSPRE`` card (spec §2.1)."""
+        return self.n_hdus > 1 or "SXSPRE" in self.header
+
+
+@dataclass
+class Prepared:
+    """A frame in electrons with its 1σ uncertainty and bad-pixel mask (float32, float32, bool)."""
+
+    data: np.ndarray
+    uncertainty: np.ndarray
+    mask: np.ndarray
+    header: fits.Header
+    path: Path
+
+
+def _open_error(path: Path, error: Exception) -> UserInputError:
+    return UserInputError(
+        f"{path} is not a readable FITS file ({' '.join(str(error).split())}). It may be truncated or not FITS at "
+        "all: re-copy it from the archive or remove it from the inputs."
+    )
+
+
+def read_frame_file(item: InputFile, *, data_extension: int = 0) -> FrameFile:
+    """Read the classification header of one input (HDU ``data_extension``, completed by the primary)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyUserWarning)
+            with fits.open(item.path, memmap=False) as hdulist:
+                hdulist.verify("silentfix")
+                n_hdus = len(hdulist)
+                header = hdulist[0].header.copy()
+                if 0 < data_extension < n_hdus:
+                    extension = hdulist[data_extension].header
+                    for card in header.cards:
+                        if card.keyword not in extension:
+                            extension.append(card)
+                    header = extension.copy()
+                is_table = n_hdus > 1 and isinstance(hdulist[1], fits.BinTableHDU)
+                if not is_table and hdulist[0].header.get("NAXIS", 0) > 0:
+                    _ = hdulist[0].data.shape
+    except (OSError, ValueError, TypeError, IndexError) as error:
+        raise _open_error(item.path, error) from None
+    return FrameFile(item.path, item.tag, header, n_hdus, is_table)
+
+
+def read_raw_adu(path: Path) -> np.ndarray:
+    """HDU 0 pixel data as float32 ADU."""
+    try:
+        with fits.open(path, memmap=False) as hdulist:
+            data = hdulist[0].data
+            if data is None or data.ndim != 2:
+                raise UserInputError(
+                    f"{path} has no 2-D image in its primary HDU. Give the raw frame as it came from the archive."
+                )
+            return np.asarray(data, dtype=np.float32)
+    except (OSError, ValueError, TypeError) as error:
+        raise _open_error(path, error) from None
+
+
+def read_prepared(path: Path) -> Prepared:
+    """A prepared frame or image product: FLUX (HDU 0), QUAL and ERRS extensions (spec §2.3)."""
+    try:
+        with fits.open(path, memmap=False) as hdulist:
+            header = hdulist[0].header.copy()
+            data = np.asarray(hdulist[0].data, dtype=np.float32)
+            mask = np.asarray(hdulist["QUAL"].data, dtype=bool) if "QUAL" in hdulist else np.zeros(data.shape, bool)
+            if "ERRS" in hdulist:
+                uncertainty = np.asarray(hdulist["ERRS"].data, dtype=np.float32)
+            else:
+                uncertainty = np.zeros(data.shape, np.float32)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise _open_error(path, error) from None
+    if data.ndim != 2 or uncertainty.shape != data.shape or mask.shape != data.shape:
+        raise UserInputError(f"{path} does not hold matching FLUX, QUAL and ERRS images. Re-create it with its recipe.")
+    return Prepared(data, uncertainty, mask, header, path)
+
+
+def read_order_table(path: Path) -> OrderTable:
+    """An order table (spec §4) from disk."""
+    try:
+        with fits.open(path, memmap=False) as hdulist:
+            return from_hdulist(hdulist)
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as error:
+        raise UserInputError(
+            f"{path} is not a valid order table ({' '.join(str(error).split())}). Give the ORDER_TAB product of "
+            "soxs_order_centres for this arm."
+        ) from None
+
+
+def read_bad_pixel_map(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A static bad-pixel map (non-zero = bad) that must match the prepared frame's shape."""
+    try:
+        with fits.open(path, memmap=False) as hdulist:
+            data = np.asarray(hdulist[0].data)
+    except (OSError, ValueError, TypeError) as error:
+        raise _open_error(path, error) from None
+    if data.shape != shape:
+        raise UserInputError(
+            f"The bad-pixel map {path} has shape {data.shape} but the prepared frames are {shape}. Give the map made "
+            "for this arm and binning."
+        )
+    return data != 0
+
+
+def prepare_raw(
+    raw_adu: np.ndarray,
+    *,
+    detector: Detector,
+    binning: tuple[int, int],
+    gain: float,
+    ron: float,
+    is_bias: bool = False,
+    static_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rotate, trim, convert to electrons; build the uncertainty and the mask (spec §2.2).
+
+    Saturated raw pixels (at or above the detector's saturation level, in ADU) are masked too —
+    soxspipe ignores saturation. Returns float32 data (e⁻), float32 1σ uncertainty (e⁻), bool mask.
+    """
+    binx, biny = binning
+    rotated = np.rot90(raw_adu, detector.rotation_k)
+    rows = slice(detector.science_rows[0] // biny, detector.science_rows[1] // biny)
+    cols = slice(detector.science_columns[0] // binx, detector.science_columns[1] // binx)
+    trimmed = rotated[rows, cols]
+    expected = detector.prepared_shape(binx, biny)
+    if trimmed.shape != expected:
+        raise UserInputError(
+            f"A raw frame of shape {raw_adu.shape} cannot be trimmed to the {detector.arm} science region "
+            f"{expected} at binning {binx}x{biny}. Check that the file is an untouched raw frame of this arm."
+        )
+    data = np.ascontiguousarray(trimmed, dtype=np.float32) * np.float32(gain)
+    if is_bias:
+        uncertainty = np.full(data.shape, ron, dtype=np.float32)
+    else:
+        uncertainty = np.sqrt(np.maximum(data, 0) + np.float32(ron) ** 2, dtype=np.float32)
+    mask = np.zeros(data.shape, dtype=bool) if static_mask is None else static_mask.copy()
+    if detector.saturation_adu is not None:
+        mask |= np.ascontiguousarray(trimmed) >= detector.saturation_adu
+    return data, uncertainty, mask
