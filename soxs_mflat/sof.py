@@ -77,7 +77,9 @@ def parse_input_frames(argument: str, *, cwd: Path) -> InputSet:
     candidate = Path(argument).expanduser()
     if not candidate.is_absolute():
         candidate = cwd / candidate
-    if candidate.is_file() and candidate.suffix.lower() == ".sof":
+    if candidate.suffix.lower() == ".sof":
+        if not candidate.is_file():
+            raise UserInputError(f"The SOF file {candidate} does not exist. Check the path of <inputFrames>.")
         return parse_sof(candidate, cwd=cwd)
     if candidate.is_dir():
         found = sorted(

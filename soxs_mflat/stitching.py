@@ -22,6 +22,7 @@ class StitchResult:
     data: np.ndarray
     uncertainty: np.ndarray
     mask: np.ndarray
+    from_d2: np.ndarray
     d2_orders: tuple[int, ...]
     boundary_orders: tuple[int, int]
     scale: float
@@ -73,4 +74,5 @@ def stitch_lamps(
     uncertainty = np.where(take_d2, d2_err / np.float32(scale), q_err).astype(np.float32)
     mask = np.where(take_d2, d2_mask, q_mask)
     d2_orders = tuple(int(m) for m in bounds.orders[from_d2])
-    return StitchResult(data, uncertainty, mask, d2_orders, (int(bounds.orders[d2_side]), int(bounds.orders[q_side])), scale)
+    boundary_orders = (int(bounds.orders[d2_side]), int(bounds.orders[q_side]))
+    return StitchResult(data, uncertainty, mask, take_d2, d2_orders, boundary_orders, scale)

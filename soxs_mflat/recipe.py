@@ -1,0 +1,548 @@
+"""The master-flat recipe: one linear sequence of steps, each a call into a module named for it.
+
+Only this module (through ``products``) and ``frames`` touch disk. The order of the steps follows
+the recipe documentation: verify → prepare → detrend → normalise and stack (two passes) → order
+edges → scattered light → bad pixels → (UVB) stitch lamps → QC → write products and report.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from soxs_mflat import background, badpixels, edges, plots
+from soxs_mflat.detrend import Calibration, NoiseModel, dark_scale, nearest_in_time, subtract_bias, subtract_dark
+from soxs_mflat.errors import UserInputError
+from soxs_mflat.footprints import OrderBounds, frame_binning_ab, from_ba, order_bounds, order_labels, to_ba
+from soxs_mflat.frames import (
+    FrameFile,
+    Prepared,
+    prepare_raw,
+    read_bad_pixel_map,
+    read_frame_file,
+    read_order_table,
+    read_prepared,
+    read_raw_adu,
+)
+from soxs_mflat.inputs import LampSet, VerifiedInputs, classify, identify_instrument_and_arm, verify
+from soxs_mflat.order_table import OrderTable, to_hdulist
+from soxs_mflat.products import (
+    ProductPaths,
+    image_hdulist,
+    night_from_mjd,
+    night_from_sof_name,
+    product_paths,
+    provenance_header,
+    write_atomic,
+    write_hdulist,
+    write_text,
+)
+from soxs_mflat.qc import QCRow, deduplicate, failed, qc_row
+from soxs_mflat.settings import ArmSettings, Settings, load_settings, peek_instrument
+from soxs_mflat.sof import InputSet
+from soxs_mflat.stacking import centre_band_mask, measure_levels, ratio_levels, sigma_clipped_stack
+from soxs_mflat.stitching import stitch_lamps
+
+LOGGER = logging.getLogger("soxs_mflat")
+
+
+@dataclass(frozen=True)
+class ProductRecord:
+    """One row of the products table (spec §5.7)."""
+
+    product_label: str
+    path: Path
+    file_type: str
+    label: str
+    description: str
+
+
+@dataclass(frozen=True)
+class RecipeResult:
+    """What a run produced."""
+
+    products: list[ProductRecord]
+    qc: list[QCRow]
+    arm: str
+    log_path: Path
+    run_seconds: float
+
+
+@dataclass
+class LampResult:
+    """The master flat of one lamp (BA orientation) and what was measured on the way."""
+
+    lamp: str
+    data: np.ndarray
+    uncertainty: np.ndarray
+    mask: np.ndarray
+    table: OrderTable
+    centres: OrderTable
+    background: np.ndarray | None
+    qc: list[QCRow]
+    header: fits.Header
+    figures: dict[str, object] = field(default_factory=dict)
+
+
+class MasterFlatRecipe:
+    """Build the master flat of one arm from lamp flats and their calibrations."""
+
+    def __init__(
+        self,
+        inputs: InputSet,
+        *,
+        settings_file: Path | None = None,
+        output_dir: Path | None = None,
+        overwrite: bool = False,
+        command: str = "",
+    ) -> None:
+        self.input_set = inputs
+        self.settings_file = settings_file
+        self.output_dir = output_dir
+        self.overwrite = overwrite
+        self.command = command
+        self.log_buffer = io.StringIO()
+
+    def run(self) -> RecipeResult:
+        """Run every step and write the products; return their paths and the QC table."""
+        started = time.monotonic()
+        handler = logging.StreamHandler(self.log_buffer)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        LOGGER.addHandler(handler)
+        paths: ProductPaths | None = None
+        try:
+            inputs, settings = self._verified_inputs()
+            paths = self._paths(inputs, settings)
+            self._refuse_to_clobber(paths, inputs)
+            arm_settings = settings.arm(inputs.arm)
+            results = [self._reduce_lamp(lamp_set, inputs, settings, arm_settings) for lamp_set in inputs.lamp_sets]
+            final = results[0] if len(results) == 1 else self._stitch(results, inputs, settings, arm_settings)
+            products = self._write(paths, inputs, settings, results, final)
+        except Exception as error:
+            if paths is not None:
+                LOGGER.error("%s", error)
+                self._write_log(paths.log().with_name(f"{paths.stem}_ERROR.log"), started)
+            raise
+        finally:
+            LOGGER.removeHandler(handler)
+        elapsed = time.monotonic() - started
+        qc_rows = deduplicate(final.qc)
+        self._write_log(paths.log(), started)
+        return RecipeResult(products, qc_rows, inputs.arm, paths.log(), elapsed)
+
+    # ----------------------------------------------------------------------------------- steps
+    def _verified_inputs(self) -> tuple[VerifiedInputs, Settings]:
+        requested = peek_instrument(self.settings_file)
+        data_extension = 0
+        if self.settings_file is not None:
+            probe = load_settings(instrument=requested or "soxs", user_file=self.settings_file) if requested else None
+            data_extension = probe.data_extension if probe else 0
+        frames = [read_frame_file(item, data_extension=data_extension) for item in self.input_set.files]
+        instrument, arm = identify_instrument_and_arm(frames)
+        root = str(self.output_dir) if self.output_dir is not None else None
+        settings = load_settings(instrument=instrument, user_file=self.settings_file, workspace_root=root)
+        inputs = verify(classify(frames, instrument=instrument, arm=arm), instrument=instrument, arm=arm)
+        LOGGER.info("Input set: %s (%d files), %s %s, binning %dx%d", self.input_set.source, len(frames),
+                    instrument, arm, *inputs.binning)
+        for lamp_set in inputs.lamp_sets:
+            LOGGER.info("%d %s flats of %.3f s; order-centre table %s", len(lamp_set.flats), lamp_set.lamp or "lamp",
+                        lamp_set.exptime, lamp_set.order_table.path.name)
+        LOGGER.info("Gain %.4g e-/ADU (%s); read noise %.4g e- (%s)", inputs.gain, inputs.gain_source, inputs.ron,
+                    inputs.ron_source)
+        for note in inputs.notes:
+            LOGGER.info("%s", note)
+        return inputs, settings
+
+    def _paths(self, inputs: VerifiedInputs, settings: Settings) -> ProductPaths:
+        sof = self.input_set.sof
+        first_mjd = min(float(f.header[inputs.keywords.mjd_obs]) for s in inputs.lamp_sets for f in s.flats)
+        if sof is not None:
+            stem = sof.stem
+        else:
+            stem = f"soxs-mflat_{inputs.arm}_{night_from_mjd(first_mjd)}"
+        if sof is not None and night_from_sof_name(sof.name) is None:
+            LOGGER.info("SOF name %s does not start with YYYYMMDDTHHMMSS; products are named after it anyway", sof.name)
+        root = Path(settings.workspace_root_dir or ".").expanduser()
+        if not root.is_absolute():
+            root = Path.cwd() / root
+        return product_paths(stem=stem, root=root.resolve(), instrument=inputs.instrument)
+
+    def _refuse_to_clobber(self, paths: ProductPaths, inputs: VerifiedInputs) -> None:
+        existing = paths.existing(s.lamp for s in inputs.lamp_sets)
+        if existing and not self.overwrite:
+            raise UserInputError(
+                f"Products of this recipe already exist: {', '.join(str(p) for p in existing)}. Nothing was changed. "
+                "Rerun with -x to overwrite them, or choose another output directory with -o."
+            )
+
+    def _prepare(self, frame: FrameFile, inputs: VerifiedInputs, static_mask: np.ndarray | None, *,
+                 is_bias: bool = False) -> Prepared:
+        if frame.is_prepared:
+            prepared = read_prepared(frame.path)
+            expected = inputs.detector.prepared_shape(*inputs.binning)
+            if prepared.data.shape != expected:
+                raise UserInputError(
+                    f"{frame.path} has shape {prepared.data.shape} but {inputs.arm} frames at binning "
+                    f"{inputs.binning[0]}x{inputs.binning[1]} are {expected}. Give products made for this arm and binning."
+                )
+            return prepared
+        data, uncertainty, mask = prepare_raw(
+            read_raw_adu(frame.path),
+            detector=inputs.detector,
+            binning=inputs.binning,
+            gain=inputs.gain,
+            ron=inputs.ron,
+            is_bias=is_bias,
+            static_mask=static_mask,
+        )
+        return Prepared(data, uncertainty, mask, frame.header, frame.path)
+
+    def _save_prepared(self, prepared: Prepared, settings: Settings) -> None:
+        root = Path(settings.workspace_root_dir or ".")
+        stem = prepared.path.name.removesuffix(".Z").removesuffix(".fits")
+        header = prepared.header.copy()
+        header["SXSPRE"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "UTC timestamp")
+        write_hdulist(image_hdulist(prepared.data, prepared.mask, prepared.uncertainty, header), root / f"{stem}_pre.fits")
+
+    def _calibration(self, frame: FrameFile, inputs: VerifiedInputs, static_mask: np.ndarray | None,
+                     fitted_axis: str) -> Calibration:
+        prepared = self._prepare(frame, inputs, static_mask)
+        exptime = float(frame.header.get(inputs.keywords.exptime, 0.0) or 0.0)
+        return Calibration(to_ba(prepared.data, fitted_axis), to_ba(prepared.uncertainty, fitted_axis),
+                           to_ba(prepared.mask, fitted_axis), exptime)
+
+    def _darks(self, inputs: VerifiedInputs, lamp_set: LampSet, static_mask: np.ndarray | None, fitted_axis: str,
+               settings: Settings) -> tuple[list[Calibration], list[int], bool]:
+        """NIR darks for each flat: (calibrations, index per flat, shared by all flats)."""
+        n_flats = len(lamp_set.flats)
+        if inputs.master_dark is not None:
+            LOGGER.info("Dark: master dark %s subtracted from every flat", inputs.master_dark.path.name)
+            return [self._calibration(inputs.master_dark, inputs, static_mask, fitted_axis)], [0] * n_flats, True
+        darks = [self._calibration(f, inputs, static_mask, fitted_axis) for f in inputs.darks]
+        if len(darks) == n_flats and n_flats > 1:
+            combined = _combine_darks(darks, inputs.ron, settings)
+            LOGGER.info("Dark: %d lamp-off/dark frames combined (clipped mean) and subtracted from every flat",
+                        len(darks))
+            return [combined], [0] * n_flats, True
+        mjds = np.array([float(f.header[inputs.keywords.mjd_obs]) for f in inputs.darks])
+        chosen = [nearest_in_time(float(f.header[inputs.keywords.mjd_obs]), mjds) for f in lamp_set.flats]
+        LOGGER.info("Dark: nearest in MJD-OBS for each flat (%d darks for %d flats): %s", len(darks), n_flats,
+                    ", ".join(inputs.darks[i].path.name for i in chosen))
+        return darks, chosen, len(set(chosen)) == 1
+
+    def _reduce_lamp(self, lamp_set: LampSet, inputs: VerifiedInputs, settings: Settings,
+                     arm: ArmSettings) -> LampResult:
+        detector = inputs.detector
+        fitted_axis = detector.fitted_axis
+        binning_ab = frame_binning_ab(inputs.binning, fitted_axis)
+        shape = detector.prepared_shape(*inputs.binning)
+        shape_ba = shape if fitted_axis == "x" else shape[::-1]
+        tag = f" [{lamp_set.lamp}]" if lamp_set.lamp else ""
+        static_mask = read_bad_pixel_map(inputs.bad_pixel_map.path, shape) if inputs.bad_pixel_map else None
+
+        LOGGER.info("Preparing and detrending %d flats%s", len(lamp_set.flats), tag)
+        bias = dark_cal = None
+        darks: list[Calibration] = []
+        dark_index: list[int] = []
+        shared_dark = False
+        if inputs.master_bias is not None:
+            bias = self._calibration(inputs.master_bias, inputs, static_mask, fitted_axis)
+            if inputs.master_dark is not None:
+                dark_cal = self._calibration(inputs.master_dark, inputs, static_mask, fitted_axis)
+                LOGGER.info("Master dark %s subtracted too, scaled by exposure time", inputs.master_dark.path.name)
+        else:
+            darks, dark_index, shared_dark = self._darks(inputs, lamp_set, static_mask, fitted_axis, settings)
+        cube = np.empty((len(lamp_set.flats), *shape_ba), dtype=np.float32)
+        noise: list[NoiseModel] = []
+        for i, frame in enumerate(lamp_set.flats):
+            prepared = self._prepare(frame, inputs, static_mask)
+            if settings.save_intermediate_products and not frame.is_prepared:
+                self._save_prepared(prepared, settings)
+            data, mask = to_ba(prepared.data, fitted_axis), to_ba(prepared.mask, fitted_axis)
+            if bias is not None:
+                data, mask, model = subtract_bias(data, mask, bias, ron=inputs.ron, dark=dark_cal,
+                                                  flat_exptime=lamp_set.exptime)
+            else:
+                dark = darks[dark_index[i]]
+                scale = dark_scale(instrument=inputs.instrument, flat_exptime=lamp_set.exptime,
+                                   dark_exptime=dark.exptime)
+                data, mask, model = subtract_dark(data, mask, dark, ron=inputs.ron, scale=scale, shared=shared_dark)
+            data[mask | ~np.isfinite(data)] = np.nan
+            cube[i] = data
+            noise.append(model)
+        all_masked = np.all(np.isnan(cube), axis=0)
+
+        centres = read_order_table(lamp_set.order_table.path)
+        if centres.fitted_axis != fitted_axis:
+            raise UserInputError(
+                f"The order-centre table {lamp_set.order_table.path} traces the orders along {centres.along_axis}, but "
+                f"{inputs.arm} orders run along {'y' if fitted_axis == 'x' else 'x'}. Give the table made for this arm."
+            )
+        centre_bounds = order_bounds(centres, shape_ba, binning_ab, half_width=0.0, limits_binned=False)
+        half_width = max(1, arm.centre_order_window // 2 // binning_ab[0])
+        band = centre_band_mask(shape_ba, centre_bounds.centre, centre_bounds.valid, half_width)
+        first_levels = measure_levels(cube, band)
+        if not np.all(np.isfinite(first_levels.levels) & (first_levels.levels > 0)):
+            bad = [f.path.name for f, level in zip(lamp_set.flats, first_levels.levels, strict=True)
+                   if not (np.isfinite(level) and level > 0)]
+            raise UserInputError(
+                f"No lamp light was found around the order centres in {', '.join(bad)}. Check that these are lamp-on "
+                f"flats and that {lamp_set.order_table.path.name} is the order-centre table of this arm and slit."
+            )
+        for i, level in enumerate(first_levels.levels):
+            cube[i] /= np.float32(level)
+        LOGGER.info("Exposure levels (e-): %s", ", ".join(f"{v:.1f}" for v in first_levels.levels))
+        first = sigma_clipped_stack(cube, first_levels.levels, noise, sigma=settings.stacked_clipping_sigma,
+                                    iterations=settings.stacked_clipping_iterations, all_masked=all_masked)
+        relative = ratio_levels(cube, first.data, band)
+        for i, value in enumerate(relative):
+            cube[i] /= np.float32(value)
+        levels = first_levels.levels * relative
+        LOGGER.info("Second pass: relative levels %s", ", ".join(f"{v:.5f}" for v in relative))
+        combined = sigma_clipped_stack(cube, levels, noise, sigma=settings.stacked_clipping_sigma,
+                                       iterations=settings.stacked_clipping_iterations, all_masked=all_masked)
+        del cube
+        LOGGER.info("Stacked: %d values clipped", combined.n_clipped)
+
+        LOGGER.info("Detecting order edges%s", tag)
+        a_bin = binning_ab[0]
+        jh = inputs.arm == "NIR" and "JH" in inputs.slit.upper()
+        detections = edges.detect_edges(
+            combined.data,
+            centres,
+            binning_ab=binning_ab,
+            slice_length=max(10, arm.slice_length_for_edge_detection // a_bin),
+            slice_width=arm.slice_width_for_edge_detection,
+            min_threshold_pct=arm.min_percentage_threshold_for_edge_detection,
+            max_threshold_pct=arm.max_percentage_threshold_for_edge_detection,
+            mask_ba=combined.mask,
+            min_order=13 if jh else None,
+        )
+        limit = arm.qc_limit("X RES SD")
+        fit = edges.fit_edges(
+            detections,
+            order_deg=arm.order_deg,
+            disp_axis_deg=arm.disp_axis_deg,
+            clipping_sigma=arm.poly_fitting_residual_clipping_sigma,
+            clipping_iterations=arm.poly_clipping_iteration_limit,
+            binning_ab=binning_ab,
+            max_residual_sd=None if limit is None else limit[1],
+            log=LOGGER.info,
+        )
+        table = edges.order_location_table(centres, fit, detections, shape_ba=shape_ba, binning_ab=binning_ab)
+        bounds = order_bounds(table, shape_ba, binning_ab)
+        figures: dict[str, object] = {
+            "ORD_LOC": plots.plot_order_locations(combined.data, detections, fit, table, binning_ab=binning_ab,
+                                                  fitted_axis=fitted_axis, title=f"{inputs.arm}{tag} order edges")
+        }
+
+        flat = combined.data
+        model = None
+        if settings.subtract_background:
+            LOGGER.info("Fitting scattered light%s", tag)
+            fitted = background.fit_scattered_light(combined.data, bounds, bspline_deg=settings.bspline_deg,
+                                                    gaussian_blur_sigma=settings.gaussian_blur_sigma,
+                                                    mask_ba=combined.mask)
+            model = fitted.model
+            flat = combined.data - model
+            figures["BKGROUND"] = plots.plot_background(combined.data, fitted, fitted_axis=fitted_axis,
+                                                        title=f"{inputs.arm}{tag} scattered light")
+        data, mask, counts = self._flag_and_fill(flat, combined.uncertainty, combined.mask, bounds, arm, inputs,
+                                                 bias, darks, dark_index)
+        qc = self._lamp_qc(first_levels.ordexp, fit, counts, lamp_set, inputs, arm)
+        header = lamp_set.flats[0].header
+        return LampResult(lamp_set.lamp, data, combined.uncertainty, mask, table, centres, model, qc, header, figures)
+
+    def _flag_and_fill(self, flat: np.ndarray, uncertainty: np.ndarray, input_mask: np.ndarray, bounds: OrderBounds,
+                       arm: ArmSettings, inputs: VerifiedInputs, bias: Calibration | None,
+                       darks: list[Calibration], dark_index: list[int]) -> tuple[np.ndarray, np.ndarray, dict]:
+        dark = darks[0] if darks and len(set(dark_index)) == 1 else None
+        bad = badpixels.find_bad_pixels(
+            flat,
+            uncertainty,
+            bounds,
+            low_sensitivity_sigma=arm.low_sensitivity_clipping_sigma,
+            hot_sigma=arm.hot_pixel_clipping_sigma,
+            dead_limit=arm.dead_pixel_response_limit,
+            edge_min_fraction=arm.order_edge_min_flat_fraction,
+            dark_ba=None if dark is None else dark.data,
+            dark_err_ba=None if dark is None else dark.uncertainty,
+            bias_ba=None if bias is None else bias.data,
+            bias_err_ba=None if bias is None else bias.uncertainty,
+            input_mask_ba=input_mask,
+        )
+        mask = input_mask | bad.mask
+        labels = order_labels(bounds, flat.shape)
+        data = np.where(labels > 0, flat, np.float32(1.0)).astype(np.float32)
+        data[~np.isfinite(data)] = np.float32(1.0)
+        mask &= labels > 0
+        counts = badpixels.qc_counts(bad, mask)
+        LOGGER.info("Bad pixels: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+        counts["inner_mean"] = float(np.mean(flat[(labels > 0) & ~mask & np.isfinite(flat)]))
+        counts["inner_sum"] = float(np.sum(flat[(labels > 0) & ~mask & np.isfinite(flat)]))
+        counts["n_pixels"] = flat.size
+        return data, mask, counts
+
+    def _lamp_qc(self, ordexp: tuple[float, float, float], fit: edges.EdgeFit, counts: dict, lamp_set: LampSet,
+                 inputs: VerifiedInputs, arm: ArmSettings) -> list[QCRow]:
+        def row(name: str, value: float, **options: object) -> QCRow:
+            return qc_row(name, value, limits=arm.qc_limit(name), **options)
+
+        rows = [row("ORDEXP10", ordexp[0]), row("ORDEXP50", ordexp[1]), row("ORDEXP90", ordexp[2]),
+                row("X RES MIN", round(fit.x_res_min, 5)), row("X RES MAX", round(fit.x_res_max, 5)),
+                row("X RES SD", round(fit.x_res_sd, 5))]
+        if not lamp_set.lamp or len(inputs.lamp_sets) == 1:
+            rows += [row("N LOW SENS", counts["n_low_sens"]), row("N ORDER EDGE", counts["n_order_edge"])]
+        rows += [
+            row("COLDPIX NUM", counts["coldpix_num"]),
+            row("COLDPIX FRAC", round(counts["coldpix_num"] / counts["n_pixels"], 6)),
+            row("INNER ORDER PIX MEAN", round(counts["inner_mean"], 3)),
+            row("INNER ORDER PIX SUM", round(counts["inner_sum"], 3)),
+        ]
+        last = lamp_set.flats[-1].header
+        kw = inputs.keywords
+        detector_temp = kw.detector_temp.get(inputs.arm)
+        if detector_temp and detector_temp in last:
+            unit = "kelvin" if inputs.arm == "NIR" else "celsius"
+            rows.append(row("DETECTOR TEMP", float(last[detector_temp]), to_header=False, unit=unit))
+        if kw.common_path_temp and kw.common_path_temp in last:
+            rows.append(row("CPATH TEMP", float(last[kw.common_path_temp]), to_header=False))
+        return rows
+
+    def _stitch(self, results: list[LampResult], inputs: VerifiedInputs, settings: Settings,
+                arm: ArmSettings) -> LampResult:
+        d2 = next(r for r in results if r.lamp == "DLAMP")
+        qth = next(r for r in results if r.lamp == "QLAMP")
+        fitted_axis = inputs.detector.fitted_axis
+        binning_ab = frame_binning_ab(inputs.binning, fitted_axis)
+        shape_ba = qth.data.shape
+        bounds = order_bounds(qth.table, shape_ba, binning_ab)
+        d2_flat = np.where(d2.mask, np.nan, d2.data)
+        stitched = stitch_lamps((d2_flat, d2.uncertainty, d2.mask), (qth.data, qth.uncertainty, qth.mask), bounds,
+                                scale_d2_to_qth=arm.scale_d2_to_qth)
+        LOGGER.info("Stitched D2 orders %s to QTH at orders %s (D2 scaled by 1/%.4f)", stitched.d2_orders,
+                    stitched.boundary_orders, stitched.scale)
+        LOGGER.info("Re-detecting order edges on the stitched flat with the QTH order-centre table")
+        detections = edges.detect_edges(
+            stitched.data, qth.centres, binning_ab=binning_ab,
+            slice_length=max(10, arm.slice_length_for_edge_detection // binning_ab[0]),
+            slice_width=arm.slice_width_for_edge_detection,
+            min_threshold_pct=arm.min_percentage_threshold_for_edge_detection,
+            max_threshold_pct=arm.max_percentage_threshold_for_edge_detection,
+            mask_ba=stitched.mask,
+        )
+        limit = arm.qc_limit("X RES SD")
+        fit = edges.fit_edges(detections, order_deg=arm.order_deg, disp_axis_deg=arm.disp_axis_deg,
+                              clipping_sigma=arm.poly_fitting_residual_clipping_sigma,
+                              clipping_iterations=arm.poly_clipping_iteration_limit, binning_ab=binning_ab,
+                              max_residual_sd=None if limit is None else limit[1], log=LOGGER.info)
+        table = edges.order_location_table(qth.centres, fit, detections, shape_ba=shape_ba, binning_ab=binning_ab)
+        final_bounds = order_bounds(table, shape_ba, binning_ab)
+        data, mask, counts = self._flag_and_fill(stitched.data, stitched.uncertainty, stitched.mask, final_bounds,
+                                                 arm, inputs, None, [], [])
+        all_flats = LampSet("", tuple(f for s in inputs.lamp_sets for f in s.flats),
+                            inputs.lamp_sets[-1].order_table, inputs.lamp_sets[-1].exptime)
+        ordexp = tuple(float(r.value) for r in qth.qc if r.name.startswith("ORDEXP"))
+        qc = self._lamp_qc(ordexp, fit, counts, all_flats, inputs, arm)
+        model = None
+        if d2.background is not None and qth.background is not None:
+            model = np.where(stitched.from_d2, d2.background / np.float32(stitched.scale), qth.background)
+        figures = {"ORD_LOC": plots.plot_order_locations(stitched.data, detections, fit, table, binning_ab=binning_ab,
+                                                         fitted_axis=fitted_axis, title="UVB stitched order edges")}
+        return LampResult("", data, stitched.uncertainty, mask, table, qth.centres, model, qc, qth.header, figures)
+
+    # ----------------------------------------------------------------------------------- writing
+    def _write(self, paths: ProductPaths, inputs: VerifiedInputs, settings: Settings, results: list[LampResult],
+               final: LampResult) -> list[ProductRecord]:
+        arm = inputs.arm
+        fitted_axis = inputs.detector.fitted_axis
+        binning_ab = frame_binning_ab(inputs.binning, fitted_axis)
+        records: list[ProductRecord] = []
+        raw = [f for s in inputs.lamp_sets for f in s.flats]
+        categories = [f"{f.header.get(inputs.keywords.dpr_type, 'FLAT')}_{arm}" for f in raw]
+        params = settings.param_cards(arm)
+        outputs = [(r, r.lamp) for r in results] if len(results) > 1 else []
+        outputs.append((final, ""))
+        for result, lamp in outputs:
+            suffix = f"_{lamp}" if lamp else ""
+            flats = [f for s in inputs.lamp_sets if s.lamp == lamp or not lamp for f in s.flats]
+            base = min(flats, key=lambda f: float(f.header[inputs.keywords.mjd_obs])).header
+            qc_rows = deduplicate(result.qc)
+            header = provenance_header(base, inputs=inputs, raw_frames=[f.path for f in flats],
+                                       raw_categories=[c for f, c in zip(raw, categories, strict=True) if f in flats],
+                                       params=params, pro_catg=f"MASTER_FLAT_{arm}", pro_tech="IMAGE", qc_rows=qc_rows)
+            flat_path = write_hdulist(image_hdulist(from_ba(result.data, fitted_axis), from_ba(result.mask, fitted_axis),
+                                                    from_ba(result.uncertainty, fitted_axis), header),
+                                      paths.master_flat(lamp))
+            records.append(
+                ProductRecord(f"MFLAT{suffix}", flat_path, "FITS", "PROD", f"{arm} master spectroscopic flat frame")
+            )
+            table_header = header.copy()
+            for keyword in (inputs.keywords.read_speed, inputs.keywords.conad, inputs.keywords.gain, inputs.keywords.ron):
+                table_header.remove(keyword, ignore_missing=True)
+            table_header["HIERARCH ESO PRO CATG"] = f"ORDER_TAB_{arm}"
+            table_header["HIERARCH ESO PRO TECH"] = "ECHELLE,SLIT"
+            table_header["EXTNAME"] = "FLUX"
+            table = result.table.with_edges(result.table.edge_low, result.table.edge_up, header=table_header)
+            table_path = write_hdulist(to_hdulist(table, trace_binning=binning_ab), paths.order_table(lamp))
+            records.append(ProductRecord(f"ORDER_LOC{suffix}", table_path, "FITS", "PROD",
+                                         "table of coefficients from polynomial fits to order locations"))
+            if result.background is not None:
+                bkg_header = header.copy()
+                bkg_header["HIERARCH ESO PRO CATG"] = f"FLAT_BKGROUND_{arm}"
+                bkg = fits.PrimaryHDU(from_ba(result.background, fitted_axis).astype(np.float32), header=bkg_header)
+                bkg.header["EXTNAME"] = "FLUX"
+                bkg_path = write_hdulist(fits.HDUList([bkg]), paths.background(lamp))
+                records.append(ProductRecord(f"BKGROUND{suffix}", bkg_path, "FITS", "QC",
+                                             "modelled scatter background light image (removed from master flat)"))
+            for name, figure in result.figures.items():
+                target = paths.order_location_plot(lamp) if name == "ORD_LOC" else paths.background_plot(lamp)
+                write_atomic(target, lambda tmp, fig=figure: fig.savefig(tmp, format="pdf"))
+                plots.plt.close(figure)
+                label, desc = (("ORDER_LOC_RES", "visualisation of goodness of order edge fitting") if name == "ORD_LOC"
+                               else ("BKGROUND", "Fitted intra-order image background"))
+                records.append(ProductRecord(f"{label}{suffix}", target, "PDF", "QC", desc))
+        qc_path = write_text(qc_csv(deduplicate(final.qc), obs_date=str(final.header.get("DATE-OBS", ""))),
+                             paths.qc_table())
+        records.append(ProductRecord("QC_TABLE", qc_path, "CSV", "QC", "QC metrics of this run"))
+        failures = failed(deduplicate(final.qc))
+        if failures:
+            LOGGER.warning("QC outside the acceptable limits: %s", ", ".join(
+                f"{r.name} = {r.value:g} (limits {r.limits})" for r in failures))
+        return records
+
+    def _write_log(self, path: Path, started: float) -> None:
+        text = self.log_buffer.getvalue()
+        text += f"Recipe Run Time: {time.monotonic() - started:.1f}s\n"
+        text += f"Recipe Command: {self.command}\n"
+        write_text(text, path)
+
+
+def _combine_darks(darks: list[Calibration], ron: float, settings: Settings) -> Calibration:
+    """Clipped mean of several lamp-off/dark frames: a cleaner dark than any single one."""
+    cube = np.stack([np.where(d.mask, np.nan, d.data) for d in darks]).astype(np.float32)
+    models = [NoiseModel(ron=ron) for _ in darks]
+    stacked = sigma_clipped_stack(cube, np.ones(len(darks)), models, sigma=max(5.0, settings.stacked_clipping_sigma / 3),
+                                  iterations=settings.stacked_clipping_iterations)
+    data = np.where(stacked.mask, 0.0, stacked.data).astype(np.float32)
+    uncertainty = np.where(stacked.mask, ron, stacked.uncertainty).astype(np.float32)
+    exptime = float(np.mean([d.exptime for d in darks]))
+    return Calibration(data, uncertainty, np.all([d.mask for d in darks], axis=0) | stacked.mask, exptime)
+
+
+def qc_csv(rows: list[QCRow], *, obs_date: str) -> str:
+    """The QC table as CSV (spec §8.1 columns)."""
+    reduction = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    lines = ["soxspipe_recipe,qc_name,qc_value,qc_unit,qc_comment,obs_date_utc,reduction_date_utc,to_header,qc_order,"
+             "qc_flag,qc_value_min,qc_value_max"]
+    for row in sorted(rows, key=lambda r: r.name):
+        low, high = row.limits if row.limits else ("", "")
+        lines.append(f'soxs-mflat,{row.name},{row.value:.6g},{row.unit},"{row.comment}",{obs_date},{reduction},'
+                     f"{row.to_header},-1,{row.flag},{low},{high}")
+    return "\n".join(lines) + "\n"
