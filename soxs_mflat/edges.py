@@ -37,13 +37,16 @@ HALF_WINDOW = 3
 INSIDE_OFFSETS = np.arange(-6, -2)
 """Pixels (relative to the window centre, towards the order) whose median is the local in-order level."""
 OUTSIDE_OFFSETS = np.arange(3, 6)
-"""Pixels (relative to the window centre, away from the order) whose median is the local outside level."""
+"""Pixels (relative to the window centre, away from the order) whose median is the local outside level;
+in a narrow gap only those up to the gap midpoint, or else the one just before these."""
 REFINE_ITERATIONS = 3
 """Flux-sum passes, each re-centring the window on the previous estimate."""
 THRESHOLD_STEPS = 11
 """Levels tried from the min to the max percentage threshold (steps of 10 % of the range, as soxspipe)."""
 MIN_SNR = 10.0
 """Smallest accepted edge contrast, and slice level, in units of the slice's pixel noise."""
+MIN_HALF_GAP = 2.0
+"""Smallest accepted distance (px) from an edge to the midpoint of the gap to the next order."""
 MAX_OUTSIDE_SPREAD = 0.25
 """Largest accepted spread of the outside-level pixels, as a fraction of the edge contrast."""
 MIN_ORDER_WIDTH = 10.0
@@ -186,6 +189,14 @@ def _row_quantile(values: np.ndarray, quantile: float) -> np.ndarray:
     return np.where(count > 0, result, np.nan)
 
 
+def _crossing(profiles: np.ndarray, index: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Linear-interpolated position where the profile crosses ``threshold`` between ``index - 1`` and ``index``."""
+    before, _ = _take(profiles, (index - 1)[:, None])
+    after, _ = _take(profiles, index[:, None])
+    position = index - 1 + (before[:, 0] - threshold) / (before[:, 0] - after[:, 0])
+    return np.where(np.isfinite(position), position, index - 0.5)
+
+
 def _upper_edges(
     profiles: np.ndarray,
     off_detector: np.ndarray,
@@ -198,12 +209,17 @@ def _upper_edges(
     """Edge (slice px) and flag of the edge at larger index of every profile.
 
     A coarse crossing is found walking outwards from the centre at the lowest threshold level
-    (``floor + fraction × span``) that the profile drops below; the flux-sum estimate is then
-    iterated on windows re-centred on each estimate.
+    (``floor + fraction × span``) that the profile drops below. Where the profile rises again
+    (the next order), the gap midpoint bounds the flux-sum window and the outside-level pixels,
+    so that a narrow gap does not bias the edge: the neighbour's tail inside the window then
+    replaces this edge's tail beyond it. The flux-sum estimate is iterated on windows
+    re-centred on each estimate.
     """
-    n = profiles.shape[0]
+    n, length = profiles.shape
     rows = np.arange(n)
-    walk = np.where(np.isfinite(profiles), profiles, np.inf)
+    index = np.arange(length)[None, :]
+    finite = np.isfinite(profiles)
+    walk = np.where(finite, profiles, np.inf)
     walk[:, :centre_index] = np.inf
     running_min = np.minimum.accumulate(walk, axis=1)
     levels = floor[:, None] + fractions[None, :] * span[:, None]
@@ -215,18 +231,31 @@ def _upper_edges(
     side_off = off_detector[:, centre_index:].any(axis=1)
     flag[~found] = np.where(side_off[~found], SliceFlag.OFF_DETECTOR, SliceFlag.NO_CROSSING)
 
+    rising = (index > first_below[:, None]) & finite & (profiles >= threshold[:, None])
+    rise = np.where(rising.any(axis=1), np.argmax(rising, axis=1), length + 2 * HALF_WINDOW + 2)
+    midpoint = 0.5 * (_crossing(profiles, first_below, threshold) + _crossing(profiles, rise, threshold))
+    last = np.rint(midpoint).astype(np.int64)
+
     centre = first_below - 1
     offsets = np.arange(-HALF_WINDOW, HALF_WINDOW + 1)
+    outside_offsets = np.arange(OUTSIDE_OFFSETS[0] - 1, OUTSIDE_OFFSETS[-1] + 1)
     for _ in range(REFINE_ITERATIONS):
-        window, in_window = _take(profiles, centre[:, None] + offsets)
+        window_index = centre[:, None] + offsets
+        in_gap = window_index <= last[:, None]
+        window, in_window = _take(profiles, window_index)
         inside, in_inside = _take(profiles, centre[:, None] + INSIDE_OFFSETS)
-        outside, in_outside = _take(profiles, centre[:, None] + OUTSIDE_OFFSETS)
+        outside_index = centre[:, None] + outside_offsets
+        preferred = (outside_offsets >= OUTSIDE_OFFSETS[0]) & (outside_index <= last[:, None])
+        fallback = (outside_offsets == OUTSIDE_OFFSETS[0] - 1) & (outside_index <= last[:, None])
+        use_outside = preferred | (fallback & ~preferred.any(axis=1)[:, None])
+        outside, in_outside = _take(profiles, outside_index)
+        outside = np.where(use_outside, outside, np.nan)
         inside_level = bn.nanmedian(inside, axis=1)
         outside_level = bn.nanmedian(outside, axis=1)
         outside_spread = bn.nanmax(outside, axis=1) - bn.nanmin(outside, axis=1)
         fraction = (window - outside_level[:, None]) / (inside_level - outside_level)[:, None]
-        edge = centre - HALF_WINDOW - 0.5 + fraction.sum(axis=1)
-        window_ok = in_window.all(axis=1) & in_inside.all(axis=1) & in_outside.all(axis=1)
+        edge = centre - HALF_WINDOW - 0.5 + np.where(in_gap, fraction, 0.0).sum(axis=1)
+        window_ok = (in_window | ~in_gap).all(axis=1) & in_inside.all(axis=1) & (in_outside | ~use_outside).all(axis=1)
         stable = np.isfinite(edge) & window_ok
         last_centre = centre
         centre = np.where(stable, np.rint(np.where(stable, edge, 0.0)).astype(np.int64), centre)
@@ -235,15 +264,15 @@ def _upper_edges(
     touches_off, _ = _take(off_detector.astype(np.float64), touched)
     contrast = inside_level - outside_level
     max_level = floor + fractions[-1] * span
+    isolated = (outside_level < max_level) & (inside_level > max_level) & (outside_spread <= MAX_OUTSIDE_SPREAD * contrast)
+    narrow_gap = ~(midpoint - np.where(np.isfinite(edge), edge, last_centre) >= MIN_HALF_GAP)
     checks = [
         (~window_ok, SliceFlag.SHORT_SLICE),
         (bn.nansum(touches_off, axis=1) > 0, SliceFlag.OFF_DETECTOR),
+        (narrow_gap, SliceFlag.CONTAMINATED),
         (~np.isfinite(edge), SliceFlag.BAD_PIXELS),
         (~(contrast >= MIN_SNR * noise), SliceFlag.FAINT),
-        (
-            ~((outside_level < max_level) & (inside_level > max_level)) | ~(outside_spread <= MAX_OUTSIDE_SPREAD * contrast),
-            SliceFlag.CONTAMINATED,
-        ),
+        (~isolated, SliceFlag.CONTAMINATED),
         (~(np.abs(edge - last_centre) <= 1.0), SliceFlag.UNSTABLE),
     ]
     for failed, reason in checks:

@@ -181,6 +181,8 @@ def identify_instrument_and_arm(frames: list[FrameFile]) -> tuple[str, str]:
         )
     arms: dict[str, list[FrameFile]] = {}
     for frame in frames:
+        if frame.is_table:
+            continue
         value = _value(frame.header, "ESO SEQ ARM").upper()
         if value:
             arms.setdefault(value, []).append(frame)

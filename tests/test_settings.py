@@ -123,7 +123,7 @@ def test_param_cards_flatten_the_arm_block() -> None:
 
 
 def test_every_settings_key_is_documented() -> None:
-    documented = set(re.findall(r"`([a-z_\-]+)`", DOCS.read_text()))
+    documented = set(re.findall(r"`([a-z0-9_\-]+)`", DOCS.read_text()))
     keys = set(RECIPE_KEYS) | set(ARM_KEYS) | set(BACKGROUND_KEYS)
     for instrument in ("soxs", "xsh"):
         content = yaml.safe_load(default_settings_path(instrument).read_text())
