@@ -1,0 +1,124 @@
+"""Detrending, normalisation and sigma-clipped stacking on synthetic cubes with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from soxs_mflat.detrend import Calibration, NoiseModel, dark_scale, nearest_in_time, subtract_bias, subtract_dark
+from soxs_mflat.stacking import centre_band_mask, clipped_mean, measure_levels, ratio_levels, sigma_clipped_stack
+
+RON = 5.0
+
+
+def _flats(n: int = 5, shape: tuple[int, int] = (300, 200), level: float = 20000.0, seed: int = 0,
+           flicker: tuple[float, ...] | None = None):
+    """Noisy flats of a known response pattern (e⁻), each with its own lamp level."""
+    rng = np.random.default_rng(seed)
+    response = 1.0 + 0.05 * np.sin(np.arange(shape[1]) / 7.0)[None, :] * np.ones(shape)
+    scales = np.ones(n) if flicker is None else np.asarray(flicker)
+    signal = level * response[None] * scales[:, None, None]
+    frames = rng.normal(signal, np.sqrt(signal + RON**2)).astype(np.float32)
+    return frames, response, scales
+
+
+def _stack(frames: np.ndarray, *, sigma: float = 5.0, iterations: int = 5):
+    band = np.ones(frames.shape[1:], dtype=bool)
+    levels = measure_levels(frames, band)
+    cube = frames / levels.levels[:, None, None].astype(np.float32)
+    noise = [NoiseModel(ron=RON) for _ in frames]
+    first = sigma_clipped_stack(cube, levels.levels, noise, sigma=sigma, iterations=iterations)
+    relative = ratio_levels(cube, first.data, band)
+    cube /= relative[:, None, None].astype(np.float32)
+    return sigma_clipped_stack(cube, levels.levels * relative, noise, sigma=sigma, iterations=iterations), levels
+
+
+def test_stack_recovers_response_at_photon_noise() -> None:
+    frames, response, _ = _flats()
+    result, levels = _stack(frames)
+    ratio = result.data / response
+    ratio /= np.median(ratio)
+    expected = np.sqrt(20000 + RON**2) / 20000 / np.sqrt(5)
+    assert np.std(ratio - 1) == pytest.approx(expected, rel=0.05)
+    pulls = (result.data - response * np.median(result.data / response)) / result.uncertainty
+    assert np.std(pulls) == pytest.approx(1.0, abs=0.05)
+    assert levels.ordexp[1] == pytest.approx(20000, rel=0.01)
+
+
+def test_lamp_flicker_is_normalised_away() -> None:
+    frames, response, _ = _flats(flicker=(1.0, 0.8, 1.2, 1.05, 0.95))
+    result, levels = _stack(frames)
+    assert levels.levels / levels.levels[0] == pytest.approx([1.0, 0.8, 1.2, 1.05, 0.95], rel=2e-3)
+    ratio = result.data / response
+    per_column = np.median(ratio, axis=0) / np.median(ratio)
+    assert np.max(np.abs(per_column - 1)) < 1e-3
+    assert result.n_clipped < 0.001 * frames.size
+
+
+def test_cosmic_rays_leave_no_trace() -> None:
+    frames, response, _ = _flats(seed=3)
+    rng = np.random.default_rng(4)
+    hits = rng.integers(0, frames.size, 400)
+    frames.reshape(-1)[hits] += rng.uniform(3000, 50000, hits.size).astype(np.float32)
+    result, _ = _stack(frames)
+    truth = response * np.median(result.data / response)
+    pulls = np.abs(result.data - truth) / result.uncertainty
+    assert np.mean(pulls > 5) <= 1e-4
+
+
+def test_nans_and_fully_masked_pixels() -> None:
+    frames, _, _ = _flats(seed=5)
+    frames[0, 10, 10] = np.nan
+    frames[:, 20, 20] = np.nan
+    result, _ = _stack(frames)
+    assert not result.mask[10, 10] and np.isfinite(result.data[10, 10]) and result.n_used[10, 10] == 4
+    assert result.mask[20, 20] and np.isnan(result.data[20, 20])
+    assert result.mask.sum() == 1
+
+
+def test_all_masked_input_stays_masked() -> None:
+    frames, _, _ = _flats(seed=6)
+    all_masked = np.zeros(frames.shape[1:], dtype=bool)
+    all_masked[5, 6] = True
+    band = np.ones(frames.shape[1:], dtype=bool)
+    levels = measure_levels(frames, band).levels
+    result = sigma_clipped_stack(frames / levels[:, None, None].astype(np.float32), levels,
+                                 [NoiseModel(ron=RON)] * 5, sigma=5, iterations=3, all_masked=all_masked)
+    assert result.mask[5, 6] and result.mask.sum() == 1
+
+
+def test_bias_subtraction_propagates_and_masks() -> None:
+    flat = np.full((4, 4), 1500.0, np.float32)
+    mask = np.zeros((4, 4), bool)
+    bias_mask = np.zeros((4, 4), bool)
+    bias_mask[1, 1] = True
+    bias = Calibration(np.full((4, 4), 500.0, np.float32), np.full((4, 4), 2.0, np.float32), bias_mask)
+    data, out_mask, noise = subtract_bias(flat, mask, bias, ron=RON)
+    assert np.allclose(data, 1000.0) and out_mask[1, 1] and out_mask.sum() == 1
+    assert np.allclose(noise.variance(data), 1000.0 + RON**2)
+    assert np.allclose(noise.common_variance, 4.0)
+    dark = Calibration(np.full((4, 4), 520.0, np.float32), np.full((4, 4), 1.0, np.float32), np.zeros((4, 4), bool), 20.0)
+    data, _, _ = subtract_bias(flat, mask, bias, ron=RON, dark=dark, flat_exptime=10.0)
+    assert np.allclose(data, 990.0)
+
+
+def test_dark_subtraction_keeps_dark_photons_in_the_noise() -> None:
+    flat = np.full((3, 3), 3000.0, np.float32)
+    dark = Calibration(np.full((3, 3), 200.0, np.float32), np.full((3, 3), 15.0, np.float32), np.zeros((3, 3), bool), 10.0)
+    data, _, noise = subtract_dark(flat, np.zeros((3, 3), bool), dark, ron=RON, shared=False)
+    assert np.allclose(data, 2800.0)
+    assert np.allclose(noise.variance(data), 3000.0 + RON**2 + 225.0)
+    assert dark_scale(instrument="soxs", flat_exptime=20, dark_exptime=10) == 1.0
+    assert dark_scale(instrument="xsh", flat_exptime=20, dark_exptime=10) == 2.0
+    assert nearest_in_time(60000.5, np.array([60000.1, 60000.45, 60000.9])) == 1
+
+
+def test_centre_band_and_clipped_mean() -> None:
+    centres = np.array([[10.7] * 5, [30.2] * 5])
+    valid = np.ones((2, 5), bool)
+    valid[1, 4] = False
+    band = centre_band_mask((5, 50), centres, valid, 3)
+    assert list(np.flatnonzero(band[0])) == [7, 8, 9, 10, 11, 12, 27, 28, 29, 30, 31, 32]
+    assert list(np.flatnonzero(band[4])) == [7, 8, 9, 10, 11, 12]
+    values = np.r_[np.random.default_rng(0).normal(100, 1, 10000), [1e6] * 10]
+    assert clipped_mean(values, sigma=3) == pytest.approx(100, abs=0.05)
