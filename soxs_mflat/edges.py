@@ -9,7 +9,7 @@ pixels that straddle the half level: for a step blurred by any symmetric PSF and
 pixels, the sum of the normalised samples ``(P_i − out) / (in − out)`` over a window that holds the
 whole transition equals the distance from the window start to the edge exactly, whatever the PSF
 width or the sub-pixel phase. Linear interpolation is biased by up to 0.07 px at a PSF sigma of
-0.3 px, depending on the phase; the flux sum is exact to 1e-3 px for sigma ≤ 1 px.
+0.3 px, depending on the phase; the flux sum is exact to 2e-3 px for sigma ≤ 1 px.
 
 **Fit.** The lower and upper edges are fitted directly — not as offsets from the centre trace, as
 soxspipe does — each with one global polynomial in (order number, unbinned B) with iterative
@@ -37,8 +37,8 @@ HALF_WINDOW = 3
 INSIDE_OFFSETS = np.arange(-6, -2)
 """Pixels (relative to the window centre, towards the order) whose median is the local in-order level."""
 OUTSIDE_OFFSETS = np.arange(3, 6)
-"""Pixels (relative to the window centre, away from the order) whose median is the local outside level;
-in a narrow gap only those up to the gap midpoint, or else the one just before these."""
+"""Pixels (relative to the window centre, away from the order) whose median is the local outside level; only
+those up to the gap midpoint and the slice end are used, and in a gap too narrow for any the one just before."""
 REFINE_ITERATIONS = 3
 """Flux-sum passes, each re-centring the window on the previous estimate."""
 THRESHOLD_STEPS = 11
@@ -55,6 +55,8 @@ FLOOR_QUANTILE = 0.05
 """Quantile of a slice taken as its floor (the inter-order level), robust to noise and dead pixels."""
 MAX_DEGREE_REDUCTIONS = 5
 """Times the larger fit degree is lowered before the edge fit gives up."""
+MIN_COVERAGE = 0.5
+"""An order whose measured slices span less than this fraction of its searched length is reported."""
 MIN_POINTS_PER_COEFF = 2
 """A fit needs at least this many points per coefficient."""
 MIN_CLIP_SCALE = 0.01
@@ -77,7 +79,8 @@ class SliceFlag(IntEnum):
     FAINT = 5
     """The slice level or the edge contrast is below ``MIN_SNR`` times the noise."""
     CONTAMINATED = 6
-    """The local levels are inconsistent with an isolated edge (neighbouring order, bad column)."""
+    """The local levels are inconsistent with an isolated edge (neighbouring order, bad column), or the gap to
+    the next order is narrower than twice ``MIN_HALF_GAP``."""
     NARROW = 7
     """Lower and upper edges closer than ``MIN_ORDER_WIDTH``."""
     UNSTABLE = 8
@@ -212,8 +215,8 @@ def _upper_edges(
     (``floor + fraction × span``) that the profile drops below. Where the profile rises again
     (the next order), the gap midpoint bounds the flux-sum window and the outside-level pixels,
     so that a narrow gap does not bias the edge: the neighbour's tail inside the window then
-    replaces this edge's tail beyond it. The flux-sum estimate is iterated on windows
-    re-centred on each estimate.
+    replaces this edge's tail beyond it. The outside-level pixels also stop at the slice end.
+    The flux-sum estimate is iterated on windows re-centred on each estimate.
     """
     n, length = profiles.shape
     rows = np.arange(n)
@@ -234,7 +237,8 @@ def _upper_edges(
     rising = (index > first_below[:, None]) & finite & (profiles >= threshold[:, None])
     rise = np.where(rising.any(axis=1), np.argmax(rising, axis=1), length + 2 * HALF_WINDOW + 2)
     midpoint = 0.5 * (_crossing(profiles, first_below, threshold) + _crossing(profiles, rise, threshold))
-    last = np.rint(midpoint).astype(np.int64)
+    last_in_gap = np.rint(midpoint).astype(np.int64)
+    last = np.minimum(last_in_gap, length - 1)
 
     centre = first_below - 1
     offsets = np.arange(-HALF_WINDOW, HALF_WINDOW + 1)
@@ -245,17 +249,17 @@ def _upper_edges(
         window, in_window = _take(profiles, window_index)
         inside, in_inside = _take(profiles, centre[:, None] + INSIDE_OFFSETS)
         outside_index = centre[:, None] + outside_offsets
-        preferred = (outside_offsets >= OUTSIDE_OFFSETS[0]) & (outside_index <= last[:, None])
-        fallback = (outside_offsets == OUTSIDE_OFFSETS[0] - 1) & (outside_index <= last[:, None])
-        use_outside = preferred | (fallback & ~preferred.any(axis=1)[:, None])
-        outside, in_outside = _take(profiles, outside_index)
+        usable = outside_index <= last[:, None]
+        gap_blocks = centre + OUTSIDE_OFFSETS[0] > last_in_gap
+        use_outside = usable & ((outside_offsets >= OUTSIDE_OFFSETS[0]) | gap_blocks[:, None])
+        outside, _ = _take(profiles, outside_index)
         outside = np.where(use_outside, outside, np.nan)
         inside_level = bn.nanmedian(inside, axis=1)
         outside_level = bn.nanmedian(outside, axis=1)
         outside_spread = bn.nanmax(outside, axis=1) - bn.nanmin(outside, axis=1)
         fraction = (window - outside_level[:, None]) / (inside_level - outside_level)[:, None]
         edge = centre - HALF_WINDOW - 0.5 + np.where(in_gap, fraction, 0.0).sum(axis=1)
-        window_ok = (in_window | ~in_gap).all(axis=1) & in_inside.all(axis=1) & (in_outside | ~use_outside).all(axis=1)
+        window_ok = (in_window | ~in_gap).all(axis=1) & in_inside.all(axis=1) & use_outside.any(axis=1)
         stable = np.isfinite(edge) & window_ok
         last_centre = centre
         centre = np.where(stable, np.rint(np.where(stable, edge, 0.0)).astype(np.int64), centre)
@@ -267,9 +271,9 @@ def _upper_edges(
     isolated = (outside_level < max_level) & (inside_level > max_level) & (outside_spread <= MAX_OUTSIDE_SPREAD * contrast)
     narrow_gap = ~(midpoint - np.where(np.isfinite(edge), edge, last_centre) >= MIN_HALF_GAP)
     checks = [
+        (narrow_gap, SliceFlag.CONTAMINATED),
         (~window_ok, SliceFlag.SHORT_SLICE),
         (bn.nansum(touches_off, axis=1) > 0, SliceFlag.OFF_DETECTOR),
-        (narrow_gap, SliceFlag.CONTAMINATED),
         (~np.isfinite(edge), SliceFlag.BAD_PIXELS),
         (~(contrast >= MIN_SNR * noise), SliceFlag.FAINT),
         (~isolated, SliceFlag.CONTAMINATED),
@@ -328,7 +332,8 @@ def measure_slice_edges(
 
     slice_flag = np.full(n, SliceFlag.OK, dtype=np.uint8)
     slice_flag[~(span >= MIN_SNR * noise)] = SliceFlag.FAINT
-    slice_flag[off[:, centre_index] | ~np.isfinite(level)] = SliceFlag.OFF_DETECTOR
+    slice_flag[~np.isfinite(level)] = SliceFlag.BAD_PIXELS
+    slice_flag[off[:, centre_index]] = SliceFlag.OFF_DETECTOR
     narrow = (flag_low == SliceFlag.OK) & (flag_up == SliceFlag.OK) & (up - low < MIN_ORDER_WIDTH)
     slice_flag[(slice_flag == SliceFlag.OK) & narrow] = SliceFlag.NARROW
     for flag in (flag_low, flag_up):
@@ -578,6 +583,20 @@ def _fit_both_edges(
     return _EdgePair(low, up, problem, x_res)
 
 
+def _warn_coverage(detections: EdgeDetections, order: int, log: Callable[[str], None]) -> None:
+    """Log a warning if the measured slices of ``order`` cover too little of its length along B."""
+    select = detections.order == order
+    measured = select & detections.valid_low & detections.valid_up
+    searched = np.ptp(detections.b[select])
+    coverage = np.ptp(detections.b[measured]) / searched if searched > 0 else 1.0
+    if coverage < MIN_COVERAGE:
+        log(
+            f"order {order}: edges measured over only {coverage:.0%} of its length along the orders "
+            f"(B {detections.b[measured].min():.0f}-{detections.b[measured].max():.0f} of "
+            f"{detections.b[select].min():.0f}-{detections.b[select].max():.0f} px); the edge fit extrapolates beyond"
+        )
+
+
 def _noop(message: str) -> None:
     """Default logger: discard the message."""
 
@@ -645,6 +664,7 @@ def fit_edges(
             )
         else:
             kept.append(order)
+            _warn_coverage(detections, order, log)
     orders_kept = np.asarray(kept, dtype=np.int64)
     if orders_kept.size == 0:
         raise UserInputError(

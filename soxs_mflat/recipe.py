@@ -317,7 +317,7 @@ class MasterFlatRecipe:
             combined.data,
             centres,
             binning_ab=binning_ab,
-            slice_length=max(10, arm.slice_length_for_edge_detection // a_bin),
+            slice_length=max(13, arm.slice_length_for_edge_detection // a_bin),
             slice_width=arm.slice_width_for_edge_detection,
             min_threshold_pct=arm.min_percentage_threshold_for_edge_detection,
             max_threshold_pct=arm.max_percentage_threshold_for_edge_detection,
@@ -431,7 +431,7 @@ class MasterFlatRecipe:
         LOGGER.info("Re-detecting order edges on the stitched flat with the QTH order-centre table")
         detections = edges.detect_edges(
             stitched.data, qth.centres, binning_ab=binning_ab,
-            slice_length=max(10, arm.slice_length_for_edge_detection // binning_ab[0]),
+            slice_length=max(13, arm.slice_length_for_edge_detection // binning_ab[0]),
             slice_width=arm.slice_width_for_edge_detection,
             min_threshold_pct=arm.min_percentage_threshold_for_edge_detection,
             max_threshold_pct=arm.max_percentage_threshold_for_edge_detection,
