@@ -81,6 +81,8 @@ def _coefficient_columns(table: OrderTable) -> list[tuple[str, object]]:
         poly = getattr(table, kind)
         if poly is None:
             continue
+        if kind == "std":
+            poly = _padded_like(poly, table.centre)
         suffix = _DEGREE_SUFFIX[kind]
         columns += [(f"degorder_{suffix}", poly.deg_order), (f"deg{b}_{suffix}", poly.deg_b)]
         columns += _terms(TRACE_PREFIXES[kind], poly)
@@ -94,6 +96,19 @@ def _coefficient_columns(table: OrderTable) -> list[tuple[str, object]]:
         columns += _terms(TRACE_PREFIXES["edge_low"], table.edge_low)
         columns += _terms(TRACE_PREFIXES["edge_up"], table.edge_up)
     return columns
+
+
+def _padded_like(poly: Poly2D, reference: Poly2D) -> Poly2D:
+    """``poly`` zero-padded to ``reference``'s degrees where it is smaller.
+
+    soxspipe evaluates the ``std_`` coefficients with the centre degrees, so a width polynomial with
+    fewer terms would make its reader fail; padding with zeros keeps the same polynomial.
+    """
+    rows = max(poly.coeffs.shape[0], reference.coeffs.shape[0])
+    cols = max(poly.coeffs.shape[1], reference.coeffs.shape[1])
+    padded = np.zeros((rows, cols))
+    padded[: poly.coeffs.shape[0], : poly.coeffs.shape[1]] = poly.coeffs
+    return Poly2D(padded)
 
 
 def _terms(prefix: str, poly: Poly2D) -> list[tuple[str, object]]:
