@@ -15,7 +15,7 @@ exact :class:`~soxs_mflat.geometry.Poly2D` of degree no higher than the recipe's
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import ndtr
@@ -102,8 +102,11 @@ class ArmSpec:
 
 _NIR_QTH_SOXS = LampSpectrum(peak_nm=1150.0, blue=(777.0, 12.0), red=(2033.0, 25.0))
 _VIS_QTH_SOXS = LampSpectrum(peak_nm=800.0, blue=(350.0, 35.0), red=(858.0, 1.3))
-_UVB_QTH_XSH = LampSpectrum(peak_nm=620.0, blue=(350.0, 12.0), red=(700.0, 1.5))
-_UVB_D2_XSH = LampSpectrum(peak_nm=290.0, blue=(250.0, 1.5), red=(420.0, 40.0), floor=0.03)
+_UVB_QTH_XSH = LampSpectrum(peak_nm=620.0, blue=(350.0, 6.0), red=(700.0, 1.5))
+_UVB_D2_XSH = LampSpectrum(peak_nm=290.0, blue=(250.0, 1.5), red=(355.0, 80.0), floor=0.02)
+"""The two UVB lamps cross at order 21: the D2 flat's order 21 is about as bright as the QTH flat's
+orders 20 and 22 (after each flat is normalised), so a stitching rule that looks for D(o)/Q(o∓1) ≈ 1
+switches lamp at order 21, as the real spectral format does (D2 for orders 21–24, QTH for 13–20)."""
 _VIS_QTH_XSH = LampSpectrum(peak_nm=780.0, blue=(525.0, 10.0), red=(1050.0, 15.0))
 _NIR_QTH_XSH = LampSpectrum(peak_nm=1250.0, blue=(990.0, 8.0), red=(2480.0, 30.0))
 
@@ -132,9 +135,21 @@ ARM_SPECS: dict[tuple[str, str], ArmSpec] = {
         truth_degrees=(4, 4),
         heights=(33.2, 41.8),
         wavelengths=(
-            (1859.1, 2033.4), (1691.7, 1850.5), (1550.8, 1696.4), (1431.1, 1566.9), (1329.1, 1455.8),
-            (1240.0, 1360.0), (1162.3, 1277.2), (1096.0, 1198.3), (1035.1, 1133.0), (981.8, 1073.5),
-            (931.9, 1020.6), (887.5, 972.4), (847.8, 928.6), (810.7, 888.6), (777.3, 852.2),
+            (1859.1, 2033.4),
+            (1691.7, 1850.5),
+            (1550.8, 1696.4),
+            (1431.1, 1566.9),
+            (1329.1, 1455.8),
+            (1240.0, 1360.0),
+            (1162.3, 1277.2),
+            (1096.0, 1198.3),
+            (1035.1, 1133.0),
+            (981.8, 1073.5),
+            (931.9, 1020.6),
+            (887.5, 972.4),
+            (847.8, 928.6),
+            (810.7, 888.6),
+            (777.3, 852.2),
         ),
         b_limits={},
         psf_sigma=0.85,
@@ -198,20 +213,40 @@ ARM_SPECS: dict[tuple[str, str], ArmSpec] = {
         truth_degrees=(4, 4),
         heights=(63.5, 68.3),
         wavelengths=(
-            (540.1, 593.7), (501.8, 551.2), (468.5, 514.7), (439.3, 482.6), (413.6, 454.4), (390.7, 429.3),
-            (370.3, 406.9), (351.9, 386.6), (335.3, 368.3), (320.1, 351.7), (306.7, 336.4), (294.0, 322.4),
+            (540.1, 593.7),
+            (501.8, 551.2),
+            (468.5, 514.7),
+            (439.3, 482.6),
+            (413.6, 454.4),
+            (390.7, 429.3),
+            (370.3, 406.9),
+            (351.9, 386.6),
+            (335.3, 368.3),
+            (320.1, 351.7),
+            (306.7, 336.4),
+            (294.0, 322.4),
         ),
         b_limits={},
         psf_sigma=0.7,
         blaze_beta=1.1,
         lamps=(
             Lamp(
-                "D2", "LAMP,DFLAT", _UVB_D2_XSH, exptime=30.0, order_table_object="LAMP,DORDERDEF",
-                tag="DLAMP", bright_orders=(21, 22, 23, 24),
+                "D2",
+                "LAMP,DFLAT",
+                _UVB_D2_XSH,
+                exptime=30.0,
+                order_table_object="LAMP,DORDERDEF",
+                tag="DLAMP",
+                bright_orders=(21, 22, 23, 24),
             ),
             Lamp(
-                "QTH", "LAMP,QFLAT", _UVB_QTH_XSH, exptime=15.0, order_table_object="LAMP,QORDERDEF",
-                tag="QLAMP", bright_orders=tuple(range(13, 21)),
+                "QTH",
+                "LAMP,QFLAT",
+                _UVB_QTH_XSH,
+                exptime=15.0,
+                order_table_object="LAMP,QORDERDEF",
+                tag="QLAMP",
+                bright_orders=tuple(range(13, 21)),
             ),
         ),
         peak_electrons=40000.0,
@@ -248,9 +283,21 @@ ARM_SPECS: dict[tuple[str, str], ArmSpec] = {
         truth_degrees=(4, 4),
         heights=(66.0, 70.4),
         wavelengths=(
-            (973.0, 1052.0), (915.6, 990.5), (864.3, 936.3), (819.2, 886.4), (778.8, 841.9),
-            (741.0, 802.2), (707.8, 765.9), (676.8, 732.5), (648.9, 702.1), (622.8, 674.1),
-            (598.5, 648.6), (576.5, 624.6), (556.0, 602.3), (537.9, 581.1), (521.5, 561.4),
+            (973.0, 1052.0),
+            (915.6, 990.5),
+            (864.3, 936.3),
+            (819.2, 886.4),
+            (778.8, 841.9),
+            (741.0, 802.2),
+            (707.8, 765.9),
+            (676.8, 732.5),
+            (648.9, 702.1),
+            (622.8, 674.1),
+            (598.5, 648.6),
+            (576.5, 624.6),
+            (556.0, 602.3),
+            (537.9, 581.1),
+            (521.5, 561.4),
         ),
         b_limits={},
         psf_sigma=0.75,
@@ -291,15 +338,35 @@ ARM_SPECS: dict[tuple[str, str], ArmSpec] = {
         truth_degrees=(4, 4),
         heights=(40.4, 44.9),
         wavelengths=(
-            (2481.1, 2276.5), (2276.4, 2085.2), (2101.6, 1927.3), (1956.4, 1786.9), (1824.2, 1668.2),
-            (1710.9, 1564.9), (1611.9, 1471.5), (1522.8, 1390.1), (1443.7, 1316.5), (1372.4, 1250.4),
-            (1308.5, 1190.2), (1249.5, 1136.6), (1195.9, 1086.6), (1146.8, 1041.6), (1101.9, 999.7),
+            (2481.1, 2276.5),
+            (2276.4, 2085.2),
+            (2101.6, 1927.3),
+            (1956.4, 1786.9),
+            (1824.2, 1668.2),
+            (1710.9, 1564.9),
+            (1611.9, 1471.5),
+            (1522.8, 1390.1),
+            (1443.7, 1316.5),
+            (1372.4, 1250.4),
+            (1308.5, 1190.2),
+            (1249.5, 1136.6),
+            (1195.9, 1086.6),
+            (1146.8, 1041.6),
+            (1101.9, 999.7),
             (1059.9, 962.5),
         ),
         b_limits={
-            16: (5.0, 2019.0), 17: (63.0, 1963.0), 18: (141.0, 1905.0), 19: (206.0, 1853.0),
-            20: (266.0, 1808.0), 21: (324.0, 1768.0), 22: (375.0, 1732.0), 23: (422.0, 1698.0),
-            24: (465.0, 1670.0), 25: (503.0, 1644.0), 26: (541.0, 1620.0),
+            16: (5.0, 2019.0),
+            17: (63.0, 1963.0),
+            18: (141.0, 1905.0),
+            19: (206.0, 1853.0),
+            20: (266.0, 1808.0),
+            21: (324.0, 1768.0),
+            22: (375.0, 1732.0),
+            23: (422.0, 1698.0),
+            24: (465.0, 1670.0),
+            25: (503.0, 1644.0),
+            26: (541.0, 1620.0),
         },
         psf_sigma=0.8,
         blaze_beta=1.1,
@@ -340,8 +407,9 @@ class ArmLayout:
     b_stop: np.ndarray
     b_length: int
     a_length: int
-    illum_start: np.ndarray = field(repr=False)
-    illum_stop: np.ndarray = field(repr=False)
+    illum_start: np.ndarray
+    """Per order, where the illumination starts along B (−inf when the order enters from the frame edge)."""
+    illum_stop: np.ndarray
 
     def wavelength(self, order: np.ndarray | int, b: np.ndarray) -> np.ndarray:
         """Wavelength (nm) at unbinned axis-B coordinate ``b`` of ``order``."""

@@ -161,9 +161,7 @@ def frame_geometry(layout: ArmLayout, binning: tuple[int, int]) -> FrameGeometry
     for index, order in enumerate(layout.orders):
         order = int(order)
         reach = 5.0 * TAPER_WIDTH
-        lit = (b_frame * b_bin >= layout.illum_start[index] - reach) & (
-            b_frame * b_bin <= layout.illum_stop[index] + reach
-        )
+        lit = (b_frame * b_bin >= layout.illum_start[index] - reach) & (b_frame * b_bin <= layout.illum_stop[index] + reach)
         low = layout.edge_low.in_frame(order, b_frame, a_bin, b_bin)
         up = layout.edge_up.in_frame(order, b_frame, a_bin, b_bin)
         margin = PSF_HALF_WIDTH * sigma
@@ -175,9 +173,7 @@ def frame_geometry(layout: ArmLayout, binning: tuple[int, int]) -> FrameGeometry
         a_start = np.floor(low - margin).astype(np.int64)
         width = int(np.ceil(np.max(up - a_start) + margin)) + 1
         boundaries = a_start[:, None] + np.arange(width + 1)[None, :] - 0.5
-        antiderivative = profile_antiderivative(
-            boundaries, low[:, None], up[:, None], sigma, layout.slit_slope(order)
-        )
+        antiderivative = profile_antiderivative(boundaries, low[:, None], up[:, None], sigma, layout.slit_slope(order))
         windows.append(OrderWindow(order, rows_lit, a_start, np.diff(antiderivative, axis=1)))
     return FrameGeometry(layout, a_bin, b_bin, n_a, n_b, tuple(windows))
 

@@ -1,0 +1,302 @@
+"""Write one simulated raw lamp-flat set: frames, calibrations, SOF, settings and ground truth.
+
+Set layout (``docs/simulator.md``)::
+
+    <output_dir>/<stem>.sof      the data-organiser-style SOF (paths relative to this folder)
+    <output_dir>/soxspipe.yaml   the instrument's default soxs_mflat settings
+    <output_dir>/raw/            raw lamp-on flats (and NIR lamp-off frames), uint16 ADU
+    <output_dir>/calib/          master bias (UVB/VIS) and order-centre table(s)
+    <output_dir>/truth/          ground truth for the scorer
+"""
+
+from __future__ import annotations
+
+import shutil
+import zlib
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from soxs_mflat.geometry import Poly2D, fit_poly2d
+from soxs_mflat.instruments import ARMS, INSTRUMENTS
+from soxs_mflat.order_table import OrderTable, to_hdulist
+from soxs_mflat.simulate.detector import BIAS_DARK_TIME, RawLayout, add_cosmic_rays, add_photon_noise, bias_pattern
+from soxs_mflat.simulate.headers import N_BIAS, START, HeaderContext
+from soxs_mflat.simulate.layout import ArmLayout
+from soxs_mflat.simulate.scene import Scene, build_scene
+from soxs_mflat.simulate.truth import write_truth
+
+CENTRE_TABLE_RMS = 0.1
+"""RMS (px) of the smooth error of the simulated order-centre table."""
+CENTRE_TABLE_MAX = 0.2
+"""Largest smooth error (px) of the simulated order-centre table."""
+TRACE_STD = 1.2
+"""Gaussian σ (px) written as the ``std_`` trace width of the order-centre table."""
+OVERHEAD = timedelta(seconds=25)
+"""Time between the end of one exposure and the start of the next."""
+SETTINGS_NAME = "soxspipe.yaml"
+
+
+@dataclass(frozen=True)
+class SimulatedSet:
+    """Paths of a simulated set.
+
+    ``raw_flats`` are the lamp-on flats (both lamps for X-shooter UVB), ``lamp_off`` the NIR lamp-off
+    frames and ``calibrations`` the master bias and order-centre table(s).
+    """
+
+    sof: Path
+    settings: Path
+    truth_dir: Path
+    raw_flats: list[Path]
+    calibrations: list[Path]
+    lamp_off: list[Path]
+    instrument: str
+    arm: str
+    binning: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _Writer:
+    """What the frame writers share."""
+
+    output_dir: Path
+    scene: Scene
+    context: HeaderContext
+    raw_layout: RawLayout
+    bias_adu: np.ndarray
+
+
+def simulate_set(
+    output_dir: Path,
+    *,
+    instrument: str = "soxs",
+    arm: str = "NIR",
+    binning: tuple[int, int] = (1, 1),
+    nflats: int = 5,
+    seed: int = 0,
+) -> SimulatedSet:
+    """Write a raw lamp-flat set with its calibrations, SOF, settings and ground truth.
+
+    Parameters
+    ----------
+    output_dir
+        Folder to write into (created if needed).
+    instrument, arm
+        ``"soxs"`` (VIS, NIR) or ``"xsh"`` (UVB, VIS, NIR).
+    binning
+        (binx, biny), each 1 or 2; NIR is always 1×1.
+    nflats
+        Number of lamp-on flats (per lamp for X-shooter UVB); NIR sets get as many lamp-off frames.
+    seed
+        Seed of every random draw; the same arguments always give bit-identical files.
+
+    Raises
+    ------
+    ValueError
+        For an unknown instrument or arm, a binning other than 1 or 2 (or any binning on NIR), or
+        ``nflats < 1``.
+    """
+    instrument, arm, binning = _validate(instrument, arm, binning, nflats)
+    output_dir = Path(output_dir)
+    for sub in ("raw", "calib", "truth"):
+        (output_dir / sub).mkdir(parents=True, exist_ok=True)
+    root = np.random.SeedSequence([seed, zlib.crc32(f"{instrument}/{arm}/{binning[0]}x{binning[1]}".encode())])
+    defects_rng, lamp_rng, bias_rng, table_rng, frame_rng = (np.random.default_rng(s) for s in root.spawn(5))
+    scene = build_scene(instrument, arm, binning, nflats, defects_rng=defects_rng, lamp_rng=lamp_rng)
+    context = HeaderContext(scene.layout.spec, scene.layout.detector, binning)
+    raw_layout = RawLayout(scene.layout.detector, binning)
+    writer = _Writer(
+        output_dir, scene, context, raw_layout, bias_pattern(raw_layout.rotated_shape, scene.layout.spec.bias_adu, bias_rng)
+    )
+    flats, lamp_off = _write_frames(writer, frame_rng)
+    calibrations = [] if arm == "NIR" else [_write_master_bias(writer, bias_rng)]
+    calibrations += _write_centre_tables(writer, table_rng)
+    lamp_field = "_".join(model.lamp.name.replace("_Lamp", "") for model in scene.lamps)
+    stem = context.sof_stem(moment=START, exptime=scene.lamps[0].exptime, lamp=lamp_field)
+    sof = _write_sof(output_dir / f"{stem}.sof", flats + lamp_off + calibrations)
+    settings = output_dir / SETTINGS_NAME
+    with resources.as_file(resources.files("soxs_mflat") / "settings" / f"{instrument}.yaml") as source:
+        shutil.copyfile(source, settings)
+    write_truth(
+        output_dir / "truth",
+        scene,
+        context,
+        seed=seed,
+        raw_flats=[path.name for path, _ in flats],
+        lamp_off=[path.name for path, _ in lamp_off],
+    )
+    return SimulatedSet(
+        sof=sof,
+        settings=settings,
+        truth_dir=output_dir / "truth",
+        raw_flats=[path for path, _ in flats],
+        calibrations=[path for path, _ in calibrations],
+        lamp_off=[path for path, _ in lamp_off],
+        instrument=instrument,
+        arm=arm,
+        binning=binning,
+    )
+
+
+def _validate(instrument: str, arm: str, binning: tuple[int, int], nflats: int) -> tuple[str, str, tuple[int, int]]:
+    instrument = str(instrument).lower()
+    arm = str(arm).upper()
+    if instrument not in INSTRUMENTS:
+        raise ValueError(f"instrument must be one of {', '.join(INSTRUMENTS)}, not {instrument!r}")
+    if arm not in ARMS[instrument]:
+        raise ValueError(f"{instrument} has no {arm} arm (arms: {', '.join(ARMS[instrument])})")
+    binx, biny = (int(value) for value in binning)
+    if arm == "NIR" and (binx, biny) != (1, 1):
+        raise ValueError("NIR frames are never binned: use binning (1, 1)")
+    if binx not in (1, 2) or biny not in (1, 2):
+        raise ValueError(f"binning must be 1 or 2 along each axis, not {binx}x{biny}")
+    if nflats < 1:
+        raise ValueError("nflats must be at least 1")
+    return instrument, arm, (binx, biny)
+
+
+def _write_frames(writer: _Writer, rng: np.random.Generator) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """Write the lamp-on flats and, on NIR, one lamp-off frame after each; return (path, SOF tag) lists.
+
+    Each lamp-off frame is taken right after its flat and the pairs are three exposures apart, so
+    every flat has a unique nearest lamp-off frame in MJD-OBS.
+    """
+    scene, context = writer.scene, writer.context
+    kw = context.keywords
+    prefix = "SOXS" if context.spec.instrument == "soxs" else "XSH"
+    flats, lamp_off = [], []
+    moment = START
+    for model in scene.lamps:
+        lamp = model.lamp
+        additive = scene.additive(model.exptime)
+        label = lamp.dpr_type.split(",")[1] if context.arm == "UVB" else "FLAT"
+        tag = f"{lamp.dpr_type}_{context.arm}"
+        step = OVERHEAD + timedelta(seconds=model.exptime)
+        for index in range(model.flicker.size):
+            name = f"{prefix}_{context.arm}_{label}_ON_{index + 1:02d}.fits"
+            header = context.raw(
+                dpr_type=lamp.dpr_type,
+                dpr_tech="ECHELLE,SLIT",
+                exptime=model.exptime,
+                moment=moment,
+                file_name=name,
+                lamp_keyword=kw.d2_lamp if lamp.name == "D2" else kw.qth_lamp,
+                lamp_name=lamp.name,
+            )
+            expected = model.expected(scene.defects.response, index) + additive
+            flats.append((_write_raw(writer, name, expected, header, rng, exptime=model.exptime), tag))
+            if context.arm != "NIR":
+                moment += step
+                continue
+            name = f"{prefix}_{context.arm}_{label}_OFF_{index + 1:02d}.fits"
+            header = context.raw(
+                dpr_type=lamp.dpr_type, dpr_tech="IMAGE", exptime=model.exptime, moment=moment + step, file_name=name
+            )
+            lamp_off.append((_write_raw(writer, name, additive, header, rng, exptime=model.exptime), tag))
+            moment += 3 * step
+    return flats, lamp_off
+
+
+def _write_raw(
+    writer: _Writer, name: str, expected: np.ndarray, header: fits.Header, rng: np.random.Generator, *, exptime: float
+) -> Path:
+    """Realise photon noise and cosmic rays, embed in the raw layout and write uint16 ADU to HDU 0."""
+    electrons = add_photon_noise(expected.astype(np.float32), rng)
+    add_cosmic_rays(electrons, rng, exptime=exptime)
+    raw = writer.raw_layout.to_raw(electrons, bias_adu=writer.bias_adu, gain=writer.context.gain, ron=writer.context.ron, rng=rng)
+    path = writer.output_dir / "raw" / name
+    fits.PrimaryHDU(raw, header=header).writeto(path, overwrite=True)
+    return path
+
+
+def _write_master_bias(writer: _Writer, rng: np.random.Generator) -> tuple[Path, str]:
+    """Master bias product (spec §3): bias level in e⁻ plus hot-pixel charge, with the noise of N frames.
+
+    Hot pixels whose bias charge exceeds 10σ of the master are flagged in QUAL, as a bias recipe
+    would; ERRS is the read noise over √N (the single-frame read noise where flagged).
+    """
+    context = writer.context
+    ron = context.ron
+    rows, cols = writer.raw_layout.science
+    hot = writer.scene.defects.hot_rate * BIAS_DARK_TIME
+    flux = writer.bias_adu[rows, cols] * context.gain + hot + np.sqrt((ron**2 + hot) / N_BIAS) * rng.standard_normal(hot.shape)
+    bad = hot > 10.0 * ron / np.sqrt(N_BIAS)
+    errs = np.where(bad, ron, ron / np.sqrt(N_BIAS))
+    hdul = fits.HDUList(
+        [
+            fits.PrimaryHDU(flux.astype(np.float32), header=context.master_bias(moment=START - timedelta(minutes=40))),
+            fits.ImageHDU(bad.astype(np.uint8), name="QUAL"),
+            fits.ImageHDU(
+                errs.astype(np.float32), header=fits.Header({"UTYPE": "StdDevUncertainty", "BUNIT": "electron"}), name="ERRS"
+            ),
+        ]
+    )
+    path = writer.output_dir / "calib" / f"MASTER_BIAS_{context.arm}.fits"
+    hdul.writeto(path, overwrite=True)
+    return path, f"MASTER_BIAS_{context.arm}"
+
+
+def _write_centre_tables(writer: _Writer, rng: np.random.Generator) -> list[tuple[Path, str]]:
+    """One order-centre table per lamp (``…_DLAMP``/``…_QLAMP`` for X-shooter UVB)."""
+    context = writer.context
+    written = []
+    for model in writer.scene.lamps:
+        lamp = model.lamp
+        header = context.order_table(moment=START - timedelta(minutes=20), table_object=lamp.order_table_object)
+        table = replace(measured_centre_table(writer.scene.layout, rng), header=header)
+        suffix = f"_{lamp.tag}" if lamp.tag else ""
+        path = writer.output_dir / "calib" / f"ORDER_TAB_{context.arm}{suffix}.fits"
+        to_hdulist(table).writeto(path, overwrite=True)
+        written.append((path, f"ORDER_TAB_{context.arm}"))
+    return written
+
+
+def measured_centre_table(layout: ArmLayout, rng: np.random.Generator) -> OrderTable:
+    """An order-centre table as soxs_order_centres would measure it (unbinned coefficients).
+
+    The true centres are sampled every 4 px along B. A smooth quadratic error surface in
+    (order, B), scaled to :data:`CENTRE_TABLE_RMS` rms (at most :data:`CENTRE_TABLE_MAX`), plus a
+    small ripple along each order and per-sample jitter are added, and the result is refitted with the
+    arm's default centre degrees (spec §4.3), as a real pinhole-trace fit would be.
+    """
+    orders, b_values = [], []
+    for index, order in enumerate(layout.orders):
+        b = np.arange(layout.b_start[index], layout.b_stop[index], 4.0)
+        orders.append(np.full(b.size, order, dtype=np.float64))
+        b_values.append(b)
+    order = np.concatenate(orders)
+    b = np.concatenate(b_values)
+    u = 2.0 * (order - layout.orders.min()) / max(np.ptp(layout.orders), 1) - 1.0
+    v = 2.0 * b / layout.b_length - 1.0
+    error = np.polynomial.chebyshev.chebval2d(u, v, rng.standard_normal((3, 3)))
+    error -= error.mean()
+    error *= min(CENTRE_TABLE_RMS / np.std(error), CENTRE_TABLE_MAX / np.abs(error).max())
+    phase = rng.uniform(0.0, 2.0 * np.pi, size=layout.orders.size)[np.searchsorted(layout.orders, order)]
+    error += 0.03 * np.sin(7.0 * np.pi * b / layout.b_length + phase) + 0.02 * rng.standard_normal(b.size)
+    deg_order, deg_b = layout.spec.centre_degrees
+    fit = fit_poly2d(order, b, layout.centre(order, b) + error, deg_order=min(deg_order, layout.orders.size - 1), deg_b=deg_b)
+    std = np.zeros_like(fit.poly.coeffs)
+    std[0, 0] = TRACE_STD
+    centres = [fit.poly(values, b_order) for values, b_order in zip(orders, b_values, strict=True)]
+    return OrderTable(
+        fitted_axis=layout.detector.fitted_axis,
+        orders=layout.orders.copy(),
+        b_min=layout.b_start.copy(),
+        b_max=layout.b_stop.copy(),
+        a_min=np.array([values.min() for values in centres]),
+        a_max=np.array([values.max() for values in centres]),
+        centre=fit.poly,
+        std=Poly2D(std),
+    )
+
+
+def _write_sof(path: Path, entries: list[tuple[Path, str]]) -> Path:
+    """SOF with one ``<path relative to the SOF folder> <TAG>`` line per input."""
+    lines = [f"{file.relative_to(path.parent).as_posix()} {tag}" for file, tag in entries]
+    path.write_text("\n".join(lines) + "\n")
+    return path
