@@ -5,22 +5,22 @@ median-binned by blocks of rows (robust to cosmic rays and hot pixels, and fast)
 
 1. **Gap pixels.** Every inter-order gap, and a band beside the outermost orders, is cut at the
    fitted edges less a margin; in narrow gaps the margin shrinks so that a gap is never empty.
-2. **Joint fit on the gap pixels** (non-negative least squares, outliers clipped):
+2. **Joint fit on the gap pixels** (least squares with non-negative physical terms, outliers clipped):
 
    * *PSF wings*: each edge's light leaking into the gap, a free profile in distance from the
      edge (px bins) scaled by the neighbouring order's level. It belongs to the orders, so it is
-     fitted but not part of the model; it is what makes narrow gaps usable.
-   * *Spill*: the order light convolved across A with Gaussians of 4–256 px, with non-negative
-     weights. It carries the scattered light's peaks under the bright orders, which no smooth
-     curve through the gaps can see.
+     fitted but left out of the model; it is what makes gaps of a few pixels usable.
+   * *Spill*: the order light convolved with Gaussians of 8–256 px, once across A only (orders
+     going on beyond the detector ends) and once in 2-D (nothing beyond the detector). It carries
+     the scattered light's peaks under the bright orders, which no curve through the gaps can see.
    * a smooth low-order surface for stray light not tied to the orders.
 
 3. **Gap residuals.** What the fit leaves in each gap (per block, median) is smoothed along B
    with a Gaussian of ``gaussian_blur_sigma`` px — a local-linear regression, unbiased up to the
    detector ends — and interpolated across A with a spline of degree ``bspline_deg`` through the
    gaps (one knot per gap), so the model passes through the measured gap levels.
-4. The spill and surface terms are smoothed along B the same way and added; the result is
-   interpolated back to every row.
+4. The row-by-row spill term is smoothed along B the same way, everything is added, and the
+   result is interpolated back to every row.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import bottleneck as bn
 import numpy as np
 from numpy.polynomial import legendre
+from scipy import fft as sfft
 from scipy.interpolate import make_interp_spline
 from scipy.ndimage import correlate1d
 from scipy.optimize import nnls
@@ -41,6 +42,7 @@ WING_BIN_EDGES = np.array([0.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0])
 SPILL_SIGMAS = (8.0, 11.0, 16.0, 23.0, 32.0, 45.0, 64.0, 90.0, 128.0, 181.0, 256.0)
 SURFACE_DEGREE = 2
 CLIP_SIGMA = 5.0
+MAX_FIT_SAMPLES = 60_000
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,8 @@ class BackgroundModel:
     ``fitted_pixels`` marks the gap pixels the model was fitted to. ``residual_median`` and
     ``residual_sigma`` (MAD-based) describe data − model on those pixels, PSF wings removed;
     ``wing_profile`` is the fitted edge leakage per distance bin (fraction of the order level) with
-    ``wing_bin_edges`` in px; ``spill_weights`` are the fitted Gaussian spill weights per width in
-    ``spill_sigmas`` (px).
+    ``wing_bin_edges`` in px; ``spill_weights`` (2 × n) are the fitted spill weights per Gaussian
+    width in ``spill_sigmas`` (px), across A only (row 0) and in 2-D (row 1).
     """
 
     model: np.ndarray
@@ -66,7 +68,7 @@ class BackgroundModel:
 
 @dataclass(frozen=True)
 class _Gaps:
-    """Gap boundaries (pixel centres strictly inside ``start``..``end``) on a set of rows, with the
+    """Gap boundaries (pixel centres within ``start``..``end``) on a set of rows, with the
     positions of the order edges on each side (NaN beside a detector border)."""
 
     start: np.ndarray
@@ -108,9 +110,9 @@ def _gaps(low: np.ndarray, up: np.ndarray, n_a: int, *, margin: float, outer: fl
 
 
 def _gap_columns(start: np.ndarray, end: np.ndarray, n_a: int) -> tuple[np.ndarray, np.ndarray]:
-    """Columns (rows × width) of the pixel centres strictly inside ``start``..``end``, and which are real."""
-    first = np.floor(start) + 1.0
-    last = np.ceil(end) - 1.0
+    """Columns (rows × width) of the pixel centres within ``start``..``end``, and which are real."""
+    first = np.ceil(start)
+    last = np.floor(end)
     first = np.clip(first, 0, n_a)
     last = np.clip(last, -1, n_a - 1)
     width = int(max(np.max(last - first + 1.0, initial=0.0), 0.0))
@@ -126,6 +128,17 @@ def _bin_rows(image: np.ndarray, block: int) -> np.ndarray:
     padded = np.full((n_bins * block, n_a), np.nan, dtype=np.float32)
     padded[:n_b] = image
     return bn.nanmedian(padded.reshape(n_bins, block, n_a), axis=1)
+
+
+def _fill_along_rows(image: np.ndarray) -> np.ndarray:
+    """Fill NaN pixels from the nearest finite pixel above or below in the same column (the earlier one first)."""
+    n_rows = image.shape[0]
+    index = np.where(np.isfinite(image), np.arange(n_rows)[:, None], -1)
+    previous = np.maximum.accumulate(index, axis=0)
+    following = np.where(np.isfinite(image), np.arange(n_rows)[:, None], n_rows)
+    following = np.minimum.accumulate(following[::-1], axis=0)[::-1]
+    source = np.where(previous >= 0, previous, np.where(following < n_rows, following, 0))
+    return np.take_along_axis(image, source, axis=0)
 
 
 def _bin_geometry(values: np.ndarray, block: int) -> np.ndarray:
@@ -161,16 +174,28 @@ def local_linear_smooth(values: np.ndarray, weights: np.ndarray, sigma: float) -
     return np.where(stable, linear, np.where(s0 > 0, mean, np.nan))
 
 
-def _spill_features(light: np.ndarray, sigmas: tuple[float, ...]) -> np.ndarray:
-    """``light`` convolved across A (axis 1) with unit-area Gaussians, zero beyond the detector."""
-    n_a = light.shape[1]
-    n_fft = 1 << int(np.ceil(np.log2(n_a + 4 * max(sigmas))))
-    spectrum = np.fft.rfft(light, n=n_fft, axis=1)
-    freq = np.fft.rfftfreq(n_fft)
-    features = np.empty((len(sigmas), *light.shape), dtype=np.float32)
+def _spill_features(light: np.ndarray, sigmas: tuple[float, ...], row_step: int) -> np.ndarray:
+    """``light`` (rows ``row_step`` px apart) convolved with unit-area Gaussians of ``sigmas`` px.
+
+    Returns two sets, shape (2, n_sigmas, rows, columns): convolved across A only, as if the orders
+    went on unchanged beyond the ends of the detector, and in 2-D with nothing beyond the detector.
+    The fit takes whichever mix the gaps show near the ends.
+    """
+    n_rows, n_a = light.shape
+    reach = 4 * max(sigmas)
+    n_fft_a = sfft.next_fast_len(int(n_a + reach), real=True)
+    n_fft_b = sfft.next_fast_len(int(n_rows + reach / row_step))
+    image = light.astype(np.float32)
+    spectrum = sfft.rfft2(image, s=(n_fft_b, n_fft_a), workers=-1)
+    rows_spectrum = sfft.rfft(image, n=n_fft_a, axis=1, workers=-1)
+    freq_a = sfft.rfftfreq(n_fft_a)[None, :]
+    freq_b = sfft.fftfreq(n_fft_b)[:, None]
+    features = np.empty((2, len(sigmas), n_rows, n_a), dtype=np.float32)
     for j, sigma in enumerate(sigmas):
-        transfer = np.exp(-2.0 * (np.pi * sigma * freq) ** 2)
-        features[j] = np.fft.irfft(spectrum * transfer, n=n_fft, axis=1)[:, :n_a]
+        across = np.exp(-2.0 * (np.pi * sigma * freq_a) ** 2).astype(np.float32)
+        along = np.exp(-2.0 * (np.pi * sigma / row_step * freq_b) ** 2).astype(np.float32)
+        features[0, j] = sfft.irfft(rows_spectrum * across, n=n_fft_a, axis=1, workers=-1)[:, :n_a]
+        features[1, j] = sfft.irfft2(spectrum * (along * across), s=(n_fft_b, n_fft_a), workers=-1)[:n_rows, :n_a]
     return features
 
 
@@ -196,11 +221,10 @@ def _segment_levels(binned: np.ndarray, low: np.ndarray, up: np.ndarray) -> np.n
     return levels
 
 
-def _robust_nnls(design: np.ndarray, data: np.ndarray, free: int) -> tuple[np.ndarray, np.ndarray]:
+def _robust_nnls(design: np.ndarray, data: np.ndarray, free: int) -> np.ndarray:
     """Least squares with all but the last ``free`` coefficients non-negative, clipping outliers.
 
     Solved through the normal equations (Cholesky), so the size of the data barely matters.
-    Returns the coefficients and the mask of samples kept.
     """
     n_coef = design.shape[1]
     norm = np.sqrt(np.sum(design * design, axis=0))
@@ -225,7 +249,7 @@ def _robust_nnls(design: np.ndarray, data: np.ndarray, free: int) -> tuple[np.nd
     merged = coef[:n_coef].copy()
     if free:
         merged[n_coef - free :] -= coef[n_coef:]
-    return merged / scale, keep
+    return merged / scale
 
 
 def _interpolate_across(positions: np.ndarray, levels: np.ndarray, n_a: int, degree: int) -> np.ndarray:
@@ -258,6 +282,112 @@ def _to_rows(binned: np.ndarray, block: int, n_b: int) -> np.ndarray:
     return binned[i0] * (1.0 - frac) + binned[i0 + 1] * frac
 
 
+@dataclass(frozen=True)
+class _GapSamples:
+    """Gap pixels of the binned image: row, column, gap index, PSF-wing design rows and value."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    gap: np.ndarray
+    wings: np.ndarray
+    values: np.ndarray
+
+
+def _fitted_mask(data: np.ndarray, low: np.ndarray, up: np.ndarray, *, margin: float, outer: float) -> np.ndarray:
+    """Full-resolution map of the finite gap pixels the model is fitted to."""
+    n_b, n_a = data.shape
+    fitted = np.zeros((n_b, n_a), dtype=bool)
+    gaps = _gaps(low, up, n_a, margin=margin, outer=outer)
+    rows = np.arange(n_b)[:, None]
+    for g in range(gaps.start.shape[0]):
+        cols, used = _gap_columns(gaps.start[g], gaps.end[g], n_a)
+        fitted[np.broadcast_to(rows, cols.shape)[used], cols[used]] = True
+    return fitted & np.isfinite(data)
+
+
+def _order_light(binned: np.ndarray, low: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """The light inside the orders (zero between them): the binned image after a 5-px median across A
+    (so a hot column cannot pose as a bright line) with masked pixels filled along B."""
+    n_rows, n_a = binned.shape
+    a = np.arange(n_a, dtype=np.float64)[None, :]
+    inside = np.zeros((n_rows, n_a), dtype=bool)
+    for k in range(low.shape[0]):
+        inside |= (a >= low[k][:, None]) & (a <= up[k][:, None])
+    padded = np.pad(binned, ((0, 0), (2, 2)), constant_values=np.nan)
+    light = np.where(inside, _fill_along_rows(bn.move_median(padded, 5, axis=1, min_count=1)[:, 4:]), 0.0)
+    return np.where(np.isfinite(light), light, 0.0)
+
+
+def _gap_samples(binned: np.ndarray, gaps: _Gaps, order_level: np.ndarray) -> _GapSamples:
+    """Collect the gap pixels with, for each, its PSF-wing design row: the level of the order on
+    each side, placed in the bin of ``WING_BIN_EDGES`` holding the distance to that order's edge."""
+    n_rows, n_a = binned.shape
+    level_below = np.vstack([np.zeros((1, n_rows)), order_level])
+    level_above = np.vstack([order_level, np.zeros((1, n_rows))])
+    n_wing = WING_BIN_EDGES.size - 1
+    rows = np.arange(n_rows)[:, None]
+    parts = []
+    for g in range(gaps.start.shape[0]):
+        cols, used = _gap_columns(gaps.start[g], gaps.end[g], n_a)
+        r = np.broadcast_to(rows, cols.shape)[used]
+        c = cols[used]
+        wing = np.zeros((r.size, n_wing))
+        for distance, level in ((c - gaps.edge_below[g][r], level_below[g][r]), (gaps.edge_above[g][r] - c, level_above[g][r])):
+            index = np.searchsorted(WING_BIN_EDGES, distance, side="right") - 1
+            near = np.isfinite(distance) & (index >= 0) & (index < n_wing)
+            wing[np.flatnonzero(near), index[near]] += level[near]
+        parts.append((r, c, np.full(r.size, g), wing))
+    r_all, c_all, g_all = (np.concatenate([part[i] for part in parts]) for i in range(3))
+    wing_all = np.concatenate([part[3] for part in parts])
+    values = binned[r_all, c_all].astype(np.float64)
+    keep = np.isfinite(values)
+    return _GapSamples(r_all[keep], c_all[keep], g_all[keep], wing_all[keep], values[keep])
+
+
+def _fit_subset(gap: np.ndarray) -> np.ndarray:
+    """Indices of at most about ``MAX_FIT_SAMPLES`` samples, every gap thinned by its own stride so
+    that narrow gaps keep all their pixels and wide ones do not dominate the fit (or its time)."""
+    n_gaps = int(gap.max()) + 1 if gap.size else 1
+    counts = np.bincount(gap, minlength=n_gaps)
+    stride = np.maximum(np.ceil(counts / (MAX_FIT_SAMPLES / n_gaps)), 1).astype(np.int64)
+    order = np.argsort(gap, kind="stable")
+    rank = np.arange(gap.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.sort(order[rank % stride[gap[order]] == 0])
+
+
+def _gap_medians(samples: _GapSamples, residual: np.ndarray, n_gaps: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median of ``residual`` over the samples of each (gap, binned row), and √count as its weight."""
+    key = samples.gap * n_rows + samples.rows
+    order = np.lexsort((residual, key))
+    key_sorted, res_sorted = key[order], residual[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(key_sorted) > 0])
+    counts = np.diff(np.r_[starts, key_sorted.size])
+    levels = np.full(n_gaps * n_rows, np.nan)
+    weights = np.zeros(n_gaps * n_rows)
+    levels[key_sorted[starts]] = 0.5 * (res_sorted[starts + (counts - 1) // 2] + res_sorted[starts + counts // 2])
+    weights[key_sorted[starts]] = np.sqrt(counts)
+    return levels.reshape(n_gaps, n_rows), weights.reshape(n_gaps, n_rows)
+
+
+def _smooth_levels(levels: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
+    """Smooth each gap's levels along B, drop the blocks more than ``CLIP_SIGMA`` off and smooth again."""
+    smoothed = local_linear_smooth(levels, weights, sigma)
+    deviation = np.abs(levels - smoothed)
+    spread = MAD_TO_SIGMA * float(np.nanmedian(deviation[weights > 0])) if np.any(weights > 0) else 0.0
+    kept = np.where(deviation <= CLIP_SIGMA * max(spread, 1e-12), weights, 0.0)
+    return local_linear_smooth(levels, kept, sigma)
+
+
+def _residual_statistics(data: np.ndarray, model: np.ndarray, fitted: np.ndarray) -> tuple[float, float]:
+    """Median and MAD-based σ of data − model on the fitted pixels."""
+    residual = (data - model)[fitted]
+    residual = residual[np.isfinite(residual)]
+    if residual.size == 0:
+        return float("nan"), float("nan")
+    centre = float(np.median(residual))
+    return centre, MAD_TO_SIGMA * float(np.median(np.abs(residual - centre)))
+
+
 def fit_scattered_light(
     flat_ba: np.ndarray,
     bounds: OrderBounds,
@@ -273,109 +403,61 @@ def fit_scattered_light(
 
     ``margin`` (px) is kept free beside every order edge (default: :func:`default_margin`);
     ``mask_ba`` marks pixels to ignore; ``block`` rows are median-combined before fitting;
-    ``outer_band`` (px) is the width used beyond the outermost orders.
+    ``outer_band`` (px) is the width used beyond the outermost orders. Without any usable gap
+    pixel the model is zero.
     """
-    flat = np.asarray(flat_ba, dtype=np.float32)
-    n_b, n_a = flat.shape
-    data = np.where(np.isfinite(flat), flat, np.nan).astype(np.float32)
+    data = np.asarray(flat_ba, dtype=np.float32).copy()
+    data[~np.isfinite(data)] = np.nan
     if mask_ba is not None:
         data[np.asarray(mask_ba, dtype=bool)] = np.nan
+    n_b, n_a = data.shape
     margin = default_margin(bounds) if margin is None else float(margin)
     low, up = _sorted_edges(bounds)
-
-    fitted = np.zeros((n_b, n_a), dtype=bool)
-    full = _gaps(low, up, n_a, margin=margin, outer=outer_band)
-    all_rows = np.arange(n_b)
-    for g in range(full.start.shape[0]):
-        cols, used = _gap_columns(full.start[g], full.end[g], n_a)
-        fitted[np.broadcast_to(all_rows[:, None], cols.shape)[used], cols[used]] = True
+    fitted = _fitted_mask(data, low, up, margin=margin, outer=outer_band)
 
     binned = _bin_rows(data, block)
     n_rows = binned.shape[0]
     low_b, up_b = _bin_geometry(low, block), _bin_geometry(up, block)
     gaps = _gaps(low_b, up_b, n_a, margin=margin, outer=outer_band)
-    order_level = _segment_levels(binned, low_b, up_b)
-    level_below = np.vstack([np.zeros((1, n_rows)), order_level])
-    level_above = np.vstack([order_level, np.zeros((1, n_rows))])
+    samples = _gap_samples(binned, gaps, _segment_levels(binned, low_b, up_b))
+    n_wing, n_spill = WING_BIN_EDGES.size - 1, len(SPILL_SIGMAS)
+    if samples.values.size == 0:
+        zeros = np.zeros(n_wing), np.zeros((2, n_spill))
+        return BackgroundModel(
+            np.zeros((n_b, n_a), np.float32),
+            fitted,
+            float("nan"),
+            float("nan"),
+            zeros[0],
+            WING_BIN_EDGES.copy(),
+            zeros[1],
+            np.asarray(SPILL_SIGMAS),
+        )
+    spill = _spill_features(_order_light(binned, low_b, up_b), SPILL_SIGMAS, block).reshape(2 * n_spill, n_rows, n_a)
 
-    a = np.arange(n_a, dtype=np.float64)[None, :]
-    inside = np.zeros((n_rows, n_a), dtype=bool)
-    for k in range(low_b.shape[0]):
-        inside |= (a >= low_b[k][:, None]) & (a <= up_b[k][:, None])
-    light = np.where(inside & np.isfinite(binned), binned, 0.0)
-    spill = _spill_features(light, SPILL_SIGMAS)
-
-    rows = np.arange(n_rows)
-    sample_rows, sample_cols, sample_gap, wings = [], [], [], []
-    n_wing = WING_BIN_EDGES.size - 1
-    for g in range(gaps.start.shape[0]):
-        cols, used = _gap_columns(gaps.start[g], gaps.end[g], n_a)
-        r = np.broadcast_to(rows[:, None], cols.shape)[used]
-        c = cols[used]
-        d_below = c - gaps.edge_below[g][r]
-        d_above = gaps.edge_above[g][r] - c
-        wing = np.zeros((r.size, n_wing))
-        for distance, level in ((d_below, level_below[g][r]), (d_above, level_above[g][r])):
-            index = np.searchsorted(WING_BIN_EDGES, distance, side="right") - 1
-            near = np.isfinite(distance) & (index >= 0) & (index < n_wing)
-            wing[np.flatnonzero(near), index[near]] += level[near]
-        sample_rows.append(r)
-        sample_cols.append(c)
-        sample_gap.append(np.full(r.size, g))
-        wings.append(wing)
-    r_all = np.concatenate(sample_rows)
-    c_all = np.concatenate(sample_cols)
-    g_all = np.concatenate(sample_gap)
-    wing_all = np.concatenate(wings)
-    y_all = binned[r_all, c_all].astype(np.float64)
-    finite = np.isfinite(y_all)
-    r_all, c_all, g_all, wing_all, y_all = r_all[finite], c_all[finite], g_all[finite], wing_all[finite], y_all[finite]
-
-    surface = _surface_basis(r_all.astype(np.float64), c_all.astype(np.float64), n_rows, n_a)
-    design = np.hstack([wing_all, spill[:, r_all, c_all].T.astype(np.float64), surface])
-    coef, _ = _robust_nnls(design, y_all, free=surface.shape[1])
-    wing_coef = coef[:n_wing]
-    spill_coef = coef[n_wing : n_wing + len(SPILL_SIGMAS)]
-    surface_coef = coef[n_wing + len(SPILL_SIGMAS) :].reshape(SURFACE_DEGREE + 1, SURFACE_DEGREE + 1)
-
-    v = 2.0 * rows / max(n_rows - 1, 1) - 1.0
+    subset = _fit_subset(samples.gap)
+    rows, cols = samples.rows[subset], samples.cols[subset]
+    surface = _surface_basis(rows.astype(np.float64), cols.astype(np.float64), n_rows, n_a)
+    design = np.hstack([samples.wings[subset], spill[:, rows, cols].T.astype(np.float64), surface])
+    coef = _robust_nnls(design, samples.values[subset], free=surface.shape[1])
+    wing_coef, spill_coef = coef[:n_wing], coef[n_wing : n_wing + 2 * n_spill]
+    surface_coef = coef[n_wing + 2 * n_spill :].reshape(SURFACE_DEGREE + 1, SURFACE_DEGREE + 1)
+    v = 2.0 * np.arange(n_rows) / max(n_rows - 1, 1) - 1.0
     u = 2.0 * np.arange(n_a) / max(n_a - 1, 1) - 1.0
-    smooth_part = legendre.leggrid2d(v, u, surface_coef) + np.tensordot(spill_coef, spill, axes=1)
+    extended = np.tensordot(spill_coef[:n_spill], spill[:n_spill], axes=1)
+    smooth_part = legendre.leggrid2d(v, u, surface_coef) + np.tensordot(spill_coef[n_spill:], spill[n_spill:], axes=1)
 
-    gap_residual = y_all - wing_all @ wing_coef - smooth_part[r_all, c_all]
-    n_gaps = gaps.start.shape[0]
-    key = g_all * n_rows + r_all
-    order = np.lexsort((gap_residual, key))
-    key_sorted, res_sorted = key[order], gap_residual[order]
-    starts = np.flatnonzero(np.r_[True, np.diff(key_sorted) > 0])
-    counts = np.diff(np.r_[starts, key_sorted.size])
-    medians = 0.5 * (res_sorted[starts + (counts - 1) // 2] + res_sorted[starts + counts // 2])
-    levels = np.full(n_gaps * n_rows, np.nan)
-    weights = np.zeros(n_gaps * n_rows)
-    levels[key_sorted[starts]] = medians
-    weights[key_sorted[starts]] = np.sqrt(counts)
-    levels = levels.reshape(n_gaps, n_rows)
-    weights = weights.reshape(n_gaps, n_rows)
-
+    residual = samples.values - samples.wings @ wing_coef - (smooth_part + extended)[samples.rows, samples.cols]
+    levels, weights = _gap_medians(samples, residual, gaps.start.shape[0], n_rows)
     sigma_rows = gaussian_blur_sigma / block
-    smoothed = local_linear_smooth(levels, weights, sigma_rows)
-    deviation = np.abs(levels - smoothed)
-    spread = MAD_TO_SIGMA * np.nanmedian(deviation[weights > 0]) if np.any(weights > 0) else 0.0
-    weights = np.where(deviation <= CLIP_SIGMA * max(spread, 1e-12), weights, 0.0)
-    smoothed = local_linear_smooth(levels, weights, sigma_rows)
+    smoothed = _smooth_levels(levels, weights, sigma_rows)
+    positions = 0.5 * (np.clip(np.ceil(gaps.start), 0, n_a - 1) + np.clip(np.floor(gaps.end), 0, n_a - 1))
+    positions = np.where(np.floor(gaps.end) >= np.ceil(gaps.start), positions, np.nan)
+    residual_surface = np.nan_to_num(_interpolate_across(positions, smoothed, n_a, bspline_deg))
+    extended = local_linear_smooth(extended.T, np.ones((n_a, n_rows)), sigma_rows).T
+    model = _to_rows(smooth_part + extended + residual_surface, block, n_b).astype(np.float32)
 
-    positions = 0.5 * (np.clip(np.floor(gaps.start) + 1.0, 0, n_a - 1) + np.clip(np.ceil(gaps.end) - 1.0, 0, n_a - 1))
-    positions = np.where(gaps.end - gaps.start > 0, positions, np.nan)
-    residual_surface = _interpolate_across(positions, smoothed, n_a, bspline_deg)
-    residual_surface = np.where(np.isfinite(residual_surface), residual_surface, 0.0)
-    smooth_part = local_linear_smooth(smooth_part.T, np.ones((n_a, n_rows)), sigma_rows).T
-    model_binned = smooth_part + residual_surface
-    model = _to_rows(model_binned, block, n_b).astype(np.float32)
-
-    fit_residual = (data - model)[fitted]
-    fit_residual = fit_residual[np.isfinite(fit_residual)]
-    centre = float(np.median(fit_residual)) if fit_residual.size else float("nan")
-    spread = MAD_TO_SIGMA * float(np.median(np.abs(fit_residual - centre))) if fit_residual.size else float("nan")
+    centre, spread = _residual_statistics(data, model, fitted)
     return BackgroundModel(
         model=model,
         fitted_pixels=fitted,
@@ -383,6 +465,6 @@ def fit_scattered_light(
         residual_sigma=spread,
         wing_profile=wing_coef,
         wing_bin_edges=WING_BIN_EDGES.copy(),
-        spill_weights=spill_coef,
+        spill_weights=spill_coef.reshape(2, n_spill),
         spill_sigmas=np.asarray(SPILL_SIGMAS),
     )

@@ -1,0 +1,221 @@
+"""Bad-pixel detection: recall and precision per defect kind on flats with known defects, QC counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from scipy.special import ndtr
+from synthetic import slit_profile
+
+from soxs_mflat.badpixels import (
+    DEAD,
+    HOT,
+    LOW_SENSITIVITY,
+    PARTIAL_EDGE,
+    BadPixelResult,
+    bad_pixel_qc,
+    find_bad_pixels,
+    hot_in_frame,
+)
+from soxs_mflat.footprints import OrderBounds, edge_distance, order_labels
+
+DEFAULTS = {"low_sensitivity_sigma": 5.0, "hot_sigma": 5.0, "dead_limit": 0.5, "edge_min_fraction": 0.5}
+DEAD_COLUMN, LOW_COLUMN = 333, 517
+
+
+@dataclass(frozen=True)
+class DefectScene:
+    """A background-subtracted master flat (BA), its ERRS, true edges and the injected defects."""
+
+    flat: np.ndarray
+    errs: np.ndarray
+    bounds: OrderBounds
+    truth: dict[str, np.ndarray]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return order_labels(self.bounds, self.flat.shape)
+
+
+def make_defect_scene(
+    *,
+    levels: tuple[float, float] = (0.03, 1.5),
+    n_b: int = 1000,
+    n_a: int = 800,
+    n_orders: int = 10,
+    seed: int = 3,
+    fraction: float = 5e-4,
+) -> DefectScene:
+    """Tilted orders (50 px high, 20 px gaps) with levels spread geometrically over ``levels``, a
+    blaze, a slit-illumination slope, 0.5 % PRNU, 20 dust donuts (2–5 % deep), point defects
+    (dead: response < 3 %; low-sensitivity: 40–90 %; hot: excess 3–60 σ) each on ``fraction`` of
+    the in-order pixels, a dead and a 0.7-response column. Noise: σ = 0.003 √level.
+    """
+    rng = np.random.default_rng(seed)
+    b = np.arange(n_b, dtype=np.float64)
+    a = np.arange(n_a, dtype=np.float64)
+    centres = 45.0 + 70.0 * np.arange(n_orders)[:, None] + 0.03 * (b - n_b / 2) + 2e-5 * (b - n_b / 2) ** 2
+    low, up = centres - 25.0, centres + 25.0
+    bounds = OrderBounds(np.arange(n_orders), low, centres, up, np.ones(low.shape, dtype=bool))
+    blaze = 0.35 + 0.65 * np.cos((b - n_b / 2) / n_b * 2.0) ** 2
+    lamp = np.zeros((n_b, n_a))
+    for k, level in enumerate(np.geomspace(*levels, n_orders)):
+        slope = 1.0 + 0.08 * ((a[None, :] - low[k][:, None]) / 50.0 - 0.5)
+        lamp += level * blaze[:, None] * slope * slit_profile(a[None, :], low[k][:, None], up[k][:, None], 0.8)
+    response = 1.0 + 0.005 * rng.standard_normal(lamp.shape)
+    rows, cols = np.mgrid[0:n_b, 0:n_a]
+    dust = np.zeros(lamp.shape, dtype=bool)
+    for _ in range(20):
+        radius = rng.uniform(10.0, 30.0)
+        width = radius / 5.0
+        centre_b, centre_a = rng.uniform(50, n_b - 50), rng.uniform(30, n_a - 30)
+        r = np.hypot(rows - centre_b, cols - centre_a)
+        shadow = rng.uniform(0.02, 0.05) * (np.exp(-0.5 * ((r - radius) / width) ** 2) + 0.35 * ndtr((radius - r) / width))
+        response *= 1.0 - shadow
+        dust |= shadow > 0.004
+    inside = order_labels(bounds, lamp.shape) > 0
+    picks = rng.permutation(np.flatnonzero(inside & ~dust))
+    count = int(fraction * inside.sum())
+    kinds = {}
+    for i, name in enumerate(("dead", "low_sensitivity", "hot")):
+        kinds[name] = np.zeros(lamp.size, dtype=bool)
+        kinds[name][picks[i * count : (i + 1) * count]] = True
+        kinds[name] = kinds[name].reshape(lamp.shape)
+    response[kinds["dead"]] *= rng.uniform(0.0, 0.03, count)
+    response[kinds["low_sensitivity"]] *= rng.uniform(0.4, 0.9, count)
+    dead_column = np.zeros(lamp.shape, dtype=bool)
+    low_column = np.zeros(lamp.shape, dtype=bool)
+    dead_column[:, DEAD_COLUMN] = inside[:, DEAD_COLUMN]
+    low_column[:, LOW_COLUMN] = inside[:, LOW_COLUMN]
+    response[:, DEAD_COLUMN] *= 0.01
+    response[:, LOW_COLUMN] *= 0.7
+    signal = lamp * response
+    errs = 0.003 * np.sqrt(np.maximum(signal, 1e-4) + 1e-6)
+    flat = signal + errs * rng.standard_normal(lamp.shape)
+    scatter = np.sqrt(errs**2 + (0.005 * signal) ** 2)
+    excess = rng.uniform(3.0, 60.0, count) * scatter[kinds["hot"]]
+    flat[kinds["hot"]] += excess
+    strong = np.zeros(lamp.shape, dtype=bool)
+    strong[kinds["hot"]] = excess > 5.0 * scatter[kinds["hot"]]
+    truth = {
+        **kinds,
+        "hot_5_sigma": strong,
+        "dead_column": dead_column,
+        "low_column": low_column,
+        "dust": dust & inside,
+    }
+    return DefectScene(flat.astype(np.float32), errs.astype(np.float32), bounds, truth)
+
+
+def recall(result: BadPixelResult, truth: np.ndarray) -> float:
+    return float(np.mean(result.mask[truth]))
+
+
+def precision(scene: DefectScene, result: BadPixelResult) -> float:
+    """Fraction of the dead/hot/low-sensitivity flags that are injected defects."""
+    flagged = (result.codes & (DEAD | HOT | LOW_SENSITIVITY)) != 0
+    true = scene.truth["dead"] | scene.truth["low_sensitivity"] | scene.truth["hot"]
+    true |= scene.truth["dead_column"] | scene.truth["low_column"]
+    return 1.0 - float(np.count_nonzero(flagged & ~true)) / max(int(np.count_nonzero(flagged)), 1)
+
+
+@pytest.fixture(scope="module")
+def scene() -> DefectScene:
+    return make_defect_scene()
+
+
+@pytest.fixture(scope="module")
+def result(scene: DefectScene) -> BadPixelResult:
+    return find_bad_pixels(scene.flat, scene.errs, scene.bounds, **DEFAULTS)
+
+
+def test_every_kind_is_found_with_high_precision(scene: DefectScene, result: BadPixelResult) -> None:
+    assert recall(result, scene.truth["dead"]) >= 0.99
+    assert recall(result, scene.truth["low_sensitivity"]) >= 0.95
+    assert recall(result, scene.truth["hot_5_sigma"]) >= 0.97
+    assert precision(scene, result) >= 0.99
+    assert np.all(result.kind(DEAD)[scene.truth["dead"]] | result.kind(PARTIAL_EDGE)[scene.truth["dead"]])
+    assert np.mean(result.kind(HOT)[scene.truth["hot_5_sigma"]]) >= 0.95
+
+
+def test_bad_columns_are_flagged_along_their_whole_length(scene: DefectScene, result: BadPixelResult) -> None:
+    assert recall(result, scene.truth["dead_column"]) == 1.0
+    assert recall(result, scene.truth["low_column"]) >= 0.99
+    neighbours = [DEAD_COLUMN - 1, DEAD_COLUMN + 1, LOW_COLUMN - 1, LOW_COLUMN + 1]
+    low_flags = (result.codes[:, neighbours] & (DEAD | LOW_SENSITIVITY)) != 0
+    injected = (scene.truth["dead"] | scene.truth["low_sensitivity"])[:, neighbours]
+    assert not np.any(low_flags & ~injected)
+
+
+def test_dust_donuts_stay_in_the_flat(scene: DefectScene, result: BadPixelResult) -> None:
+    dust = scene.truth["dust"]
+    assert dust.sum() > 2000
+    assert np.mean(result.mask[dust]) <= 0.01
+
+
+def test_faint_orders_keep_precision() -> None:
+    faint = make_defect_scene(levels=(0.01, 0.03), seed=5, fraction=2e-3)
+    result = find_bad_pixels(faint.flat, faint.errs, faint.bounds, **DEFAULTS)
+    relative_noise = np.median((faint.errs / np.maximum(faint.flat, 1e-3))[faint.labels > 0])
+    assert 0.015 < relative_noise < 0.035
+    assert precision(faint, result) >= 0.99
+    assert recall(result, faint.truth["dead"]) >= 0.99
+    deep = faint.truth["low_sensitivity"] & (faint.flat < 0.7 * np.median(faint.flat[faint.labels > 0]))
+    assert recall(result, deep) >= 0.9
+
+
+def test_hot_pixels_in_a_dark_or_bias_frame() -> None:
+    scene = make_defect_scene(fraction=0.0)
+    rng = np.random.default_rng(11)
+    dark = 20.0 + 0.01 * np.arange(scene.flat.shape[1])[None, :] + 4.0 * rng.standard_normal(scene.flat.shape)
+    hot = rng.random(scene.flat.shape) < 1e-3
+    dark[hot] += np.exp(rng.uniform(np.log(25.0), np.log(3000.0), hot.sum()))
+    dark[:, 100] += 500.0
+    inside = scene.labels > 0
+    frames = {"dark_ba": dark.astype(np.float32)}, {"bias_ba": dark.astype(np.float32), "bias_err_ba": np.full(dark.shape, 4.0)}
+    for frame in frames:
+        result = find_bad_pixels(scene.flat, scene.errs, scene.bounds, **DEFAULTS, **frame)
+        flagged = result.kind(HOT)
+        assert np.mean(flagged[hot & inside]) >= 0.99
+        assert np.all(flagged[:, 100][inside[:, 100]])
+        assert not np.any(flagged & ~inside)
+        hot_column = np.zeros_like(hot)
+        hot_column[:, 100] = True
+        assert np.count_nonzero(flagged & ~hot & ~hot_column) <= 0.01 * np.count_nonzero(flagged)
+    assert hot_in_frame(dark, hot_sigma=5.0)[hot].mean() >= 0.99
+
+
+def test_partly_illuminated_edge_pixels_only_at_the_edges() -> None:
+    scene = make_defect_scene(fraction=0.0)
+    bounds = scene.bounds
+    wide = OrderBounds(bounds.orders, bounds.low - 0.8, bounds.centre, bounds.up + 0.8, bounds.valid)
+    result = find_bad_pixels(scene.flat, scene.errs, wide, **DEFAULTS)
+    edge = result.kind(PARTIAL_EDGE)
+    distance = edge_distance(wide, scene.flat.shape)
+    assert edge.sum() > 0.8 * 2 * scene.flat.shape[0] * wide.orders.size * 0.5
+    assert np.all(distance[edge] < 2.0)
+    true_distance = edge_distance(scene.bounds, scene.flat.shape)
+    assert np.all(true_distance[edge] < 0.6)
+    off = find_bad_pixels(scene.flat, scene.errs, wide, **{**DEFAULTS, "edge_min_fraction": 0.0})
+    assert not off.kind(PARTIAL_EDGE).any()
+    assert off.counts["partial_edge"] == 0
+
+
+def test_counts_and_qc_numbers_agree(scene: DefectScene) -> None:
+    input_mask = np.zeros(scene.flat.shape, dtype=bool)
+    input_mask[scene.truth["dead"]] = True
+    input_mask[5, :] = True
+    result = find_bad_pixels(scene.flat, scene.errs, scene.bounds, **DEFAULTS, input_mask_ba=input_mask)
+    assert not np.any(result.codes[input_mask])
+    assert np.array_equal(result.mask, input_mask | (result.codes != 0))
+    for name, code in (("dead", DEAD), ("hot", HOT), ("low_sensitivity", LOW_SENSITIVITY), ("partial_edge", PARTIAL_EDGE)):
+        assert result.counts[name] == np.count_nonzero(result.kind(code))
+    qc = bad_pixel_qc(result, result.mask)
+    edge_only = result.order_edge_only
+    assert qc["N LOW SENS"] == np.count_nonzero(result.kind(DEAD) | result.kind(LOW_SENSITIVITY))
+    assert qc["N ORDER EDGE"] == np.count_nonzero(edge_only)
+    assert qc["COLDPIX NUM"] == np.count_nonzero(result.mask) - qc["N ORDER EDGE"]
+    assert qc["COLDPIX FRAC"] == round(qc["COLDPIX NUM"] / result.mask.size, 6)
+    assert qc["N LOW SENS"] > 0
