@@ -5,6 +5,8 @@ The non-interactive Agg backend is used so the recipe runs on headless machines.
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -15,6 +17,7 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from soxs_mflat.background import BackgroundModel
 from soxs_mflat.edges import EdgeDetections, EdgeFit
 from soxs_mflat.order_table import OrderTable
 
@@ -31,6 +34,40 @@ def image_limits(image: np.ndarray, *, low: float = 1.0, high: float = 99.5) -> 
 def new_figure(*, width: float = 11.0, height: float = 8.5) -> Figure:
     """A figure with constrained layout, at a size legible on screen and on A4."""
     return plt.figure(figsize=(width, height), layout="constrained")
+
+
+def show_image(ax: object, image: np.ndarray, *, max_size: int = 1000, **options: object) -> object:
+    """``imshow`` of ``image`` block-averaged to at most ``max_size`` pixels a side, in pixel coordinates.
+
+    A QC page cannot show more pixels than that anyway; averaging first keeps the PDF small and fast.
+    """
+    factor = max(1, int(np.ceil(max(image.shape) / max_size)))
+    rows, cols = image.shape
+    if factor > 1:
+        trimmed = image[: rows - rows % factor or rows, : cols - cols % factor or cols]
+        shape = (trimmed.shape[0] // factor, factor, trimmed.shape[1] // factor, factor)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            image = np.nanmean(trimmed.reshape(shape), axis=(1, 3))
+        rows, cols = trimmed.shape
+    extent = (-0.5, cols - 0.5, -0.5, rows - 0.5)
+    return ax.imshow(image, extent=extent, origin="lower", **options)
+
+
+def save_pdf(fig: Figure, path: object, *, dpi: int = 150) -> None:
+    """Save a figure as PDF with its heavy artists (images, dense point clouds, fills) rasterised.
+
+    Thousands of vector markers or a full-resolution image make a PDF slow to write and to open;
+    rasterised at ``dpi`` they look the same at any sensible zoom. Axes, labels and lines stay vector.
+    """
+    for ax in fig.axes:
+        for artist in [*ax.images, *ax.collections]:
+            artist.set_rasterized(True)
+        for line in ax.lines:
+            if len(line.get_xdata()) > 500 and line.get_marker() not in (None, "None", ""):
+                line.set_rasterized(True)
+    fig.savefig(path, format="pdf", dpi=dpi)
+    plt.close(fig)
 
 
 def plot_order_locations(
@@ -66,7 +103,7 @@ def plot_order_locations(
 
     vmin, vmax = image_limits(frame)
     stretch = PowerNorm(0.5, vmin=max(vmin, 0.0), vmax=vmax)
-    ax_image.imshow(frame, origin="lower", cmap="gray", norm=stretch, aspect="auto")
+    show_image(ax_image, frame, cmap="gray", norm=stretch, aspect="auto")
     edge_styles = (
         ("lower", detections.low, detections.valid_low, fit.clipped_low, "tab:cyan"),
         ("upper", detections.up, detections.valid_up, fit.clipped_up, "tab:orange"),
@@ -137,4 +174,76 @@ def plot_order_locations(
     ax_res_b.set_title(f"fit residuals (colours as left)\nX RES SD {fit.x_res_sd:.3f} px, X RES MAX {fit.x_res_max:.3f} px")
     dropped = f"; dropped orders: {', '.join(str(m) for m in fit.orders_dropped)}" if fit.orders_dropped.size else ""
     fig.suptitle(f"{title}{' — ' if title else ''}order locations ({table.orders.size} orders{dropped})")
+    return fig
+
+
+
+
+def plot_background(flat_ba: np.ndarray, model: BackgroundModel, *, fitted_axis: str = "x", title: str = "") -> Figure:
+    """QC figure of the scattered-light step (``<stem>_BKGROUND.pdf``), in the frame's own orientation.
+
+    Top: the pixels the model was fitted to, and the model (same colour scale). Bottom left: data −
+    model on the fitted pixels (symmetric scale) with the residual statistics. Bottom right: a cut
+    across the orders through the middle of the dispersion axis — data, model, fitted pixels.
+    """
+    flat_ba = np.asarray(flat_ba, dtype=np.float64)
+    n_b = flat_ba.shape[0]
+    middle = n_b // 2
+
+    def frame(image: np.ndarray) -> np.ndarray:
+        return image if fitted_axis == "x" else image.T
+
+    fitted = np.where(model.fitted_pixels, flat_ba, np.nan)
+    residual = np.where(model.fitted_pixels, flat_ba - model.model, np.nan)
+    vmin, vmax = image_limits(model.model, low=0.5, high=99.5)
+    vmin = min(vmin, 0.0)
+    spread = 5.0 * model.residual_sigma if np.isfinite(model.residual_sigma) else 1.0
+    spread = max(spread, 1e-6)
+    along = "y" if fitted_axis == "x" else "x"
+    across = fitted_axis
+
+    fig = new_figure(width=12.0, height=9.0)
+    axes = fig.subplots(2, 2)
+    panels = (
+        (axes[0, 0], frame(fitted), "data used for the fit (gap pixels)", "viridis", vmin, vmax),
+        (axes[0, 1], frame(model.model), "scattered-light model", "viridis", vmin, vmax),
+        (axes[1, 0], frame(residual), "data − model on the fitted pixels (±5 robust σ)", "RdBu_r", -spread, spread),
+    )
+    for ax, image, label, cmap, low, high in panels:
+        shown = show_image(ax, image, aspect="auto", cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+        ax.set_facecolor("0.85")
+        ax.set_title(label)
+        ax.set_xlabel("x (px)")
+        ax.set_ylabel("y (px)")
+        fig.colorbar(shown, ax=ax, shrink=0.9, label="normalised flux")
+        if fitted_axis == "x":
+            ax.axhline(middle, color="k", lw=0.6, ls=":")
+        else:
+            ax.axvline(middle, color="k", lw=0.6, ls=":")
+    axes[1, 0].text(
+        0.02,
+        0.98,
+        f"median {model.residual_median:+.2e}\nrobust σ {model.residual_sigma:.2e}",
+        transform=axes[1, 0].transAxes,
+        va="top",
+        fontsize=9,
+        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+    )
+
+    ax = axes[1, 1]
+    a = np.arange(flat_ba.shape[1])
+    rows = slice(max(middle - 2, 0), middle + 3)
+    cut = np.nanmedian(flat_ba[rows], axis=0)
+    used = model.fitted_pixels[middle]
+    ax.plot(a, cut, color="0.6", lw=0.8, label=f"data (median of {along} = {rows.start}…{rows.stop - 1})")
+    ax.plot(a[used], cut[used], ".", color="tab:blue", ms=3, label="fitted pixels")
+    ax.plot(a, model.model[middle], color="tab:red", lw=1.4, label="model")
+    top = float(np.nanmax(model.model[middle])) if np.isfinite(model.model[middle]).any() else 1.0
+    ax.set_ylim(min(vmin, float(np.nanmin(model.model[middle]))) - 0.2 * abs(top), 3.0 * top + 1e-6)
+    ax.set_xlabel(f"{across} (px, across the orders)")
+    ax.set_ylabel("normalised flux")
+    ax.set_title(f"cut across the orders at {along} = {middle} (orders run off the top)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}{' — ' if title else ''}scattered light")
     return fig

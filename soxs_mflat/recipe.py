@@ -377,16 +377,16 @@ class MasterFlatRecipe:
             bias_err_ba=None if bias is None else bias.uncertainty,
             input_mask_ba=input_mask,
         )
-        mask = input_mask | bad.mask
         labels = order_labels(bounds, flat.shape)
-        data = np.where(labels > 0, flat, np.float32(1.0)).astype(np.float32)
+        inside = labels > 0
+        mask = (input_mask | bad.mask) & inside
+        data = np.where(inside, flat, np.float32(1.0)).astype(np.float32)
         data[~np.isfinite(data)] = np.float32(1.0)
-        mask &= labels > 0
-        counts = badpixels.qc_counts(bad, mask)
-        LOGGER.info("Bad pixels: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
-        counts["inner_mean"] = float(np.mean(flat[(labels > 0) & ~mask & np.isfinite(flat)]))
-        counts["inner_sum"] = float(np.sum(flat[(labels > 0) & ~mask & np.isfinite(flat)]))
-        counts["n_pixels"] = flat.size
+        LOGGER.info("Bad pixels newly flagged: %s", ", ".join(f"{k} {v}" for k, v in bad.counts.items()))
+        counts: dict[str, float] = dict(badpixels.bad_pixel_qc(bad, mask))
+        good = inside & ~mask & np.isfinite(flat)
+        counts["INNER ORDER PIX MEAN"] = round(float(np.mean(flat[good])), 3)
+        counts["INNER ORDER PIX SUM"] = round(float(np.sum(flat[good])), 3)
         return data, mask, counts
 
     def _lamp_qc(self, ordexp: tuple[float, float, float], fit: edges.EdgeFit, counts: dict, lamp_set: LampSet,
@@ -397,14 +397,10 @@ class MasterFlatRecipe:
         rows = [row("ORDEXP10", ordexp[0]), row("ORDEXP50", ordexp[1]), row("ORDEXP90", ordexp[2]),
                 row("X RES MIN", round(fit.x_res_min, 5)), row("X RES MAX", round(fit.x_res_max, 5)),
                 row("X RES SD", round(fit.x_res_sd, 5))]
+        names = ["COLDPIX NUM", "COLDPIX FRAC", "INNER ORDER PIX MEAN", "INNER ORDER PIX SUM"]
         if not lamp_set.lamp or len(inputs.lamp_sets) == 1:
-            rows += [row("N LOW SENS", counts["n_low_sens"]), row("N ORDER EDGE", counts["n_order_edge"])]
-        rows += [
-            row("COLDPIX NUM", counts["coldpix_num"]),
-            row("COLDPIX FRAC", round(counts["coldpix_num"] / counts["n_pixels"], 6)),
-            row("INNER ORDER PIX MEAN", round(counts["inner_mean"], 3)),
-            row("INNER ORDER PIX SUM", round(counts["inner_sum"], 3)),
-        ]
+            names = ["N LOW SENS", "N ORDER EDGE", *names]
+        rows += [row(name, counts[name]) for name in names]
         last = lamp_set.flats[-1].header
         kw = inputs.keywords
         detector_temp = kw.detector_temp.get(inputs.arm)
@@ -503,8 +499,7 @@ class MasterFlatRecipe:
                                              "modelled scatter background light image (removed from master flat)"))
             for name, figure in result.figures.items():
                 target = paths.order_location_plot(lamp) if name == "ORD_LOC" else paths.background_plot(lamp)
-                write_atomic(target, lambda tmp, fig=figure: fig.savefig(tmp, format="pdf"))
-                plots.plt.close(figure)
+                write_atomic(target, lambda tmp, fig=figure: plots.save_pdf(fig, tmp))
                 label, desc = (("ORDER_LOC_RES", "visualisation of goodness of order edge fitting") if name == "ORD_LOC"
                                else ("BKGROUND", "Fitted intra-order image background"))
                 records.append(ProductRecord(f"{label}{suffix}", target, "PDF", "QC", desc))

@@ -138,18 +138,8 @@ def sigma_clipped_stack(
                 for i in range(n_flats)
             ]
         )
-        floor = np.sqrt(bn.nanmedian(own_variance, axis=0))
-        for _ in range(iterations):
-            centre = bn.nanmedian(values, axis=0)
-            spread = MAD_TO_SIGMA * bn.nanmedian(np.abs(values - centre), axis=0)
-            spread = np.fmax(spread, floor)
-            with np.errstate(invalid="ignore"):
-                clip = np.abs(values - centre) > sigma * spread
-            newly = int(clip.sum())
-            if newly == 0:
-                break
-            n_clipped += newly
-            values[clip] = np.nan
+        floor = np.sqrt(bn.nanmean(own_variance, axis=0))
+        n_clipped += _clip_in_place(values, floor, sigma=sigma, iterations=iterations)
         finite = np.isfinite(values)
         count = finite.sum(axis=0)
         data[rows] = bn.nanmean(values, axis=0)
@@ -166,6 +156,40 @@ def sigma_clipped_stack(
     data[mask] = np.nan
     uncertainty[mask] = np.nan
     return StackResult(data, uncertainty, mask, n_used, n_clipped)
+
+
+def _clip_pass(values: np.ndarray, floor: np.ndarray, sigma: float) -> np.ndarray:
+    """Values more than ``sigma`` × spread from their median along axis 0 (spread floored at ``floor``)."""
+    centre = bn.nanmedian(values, axis=0)
+    spread = np.fmax(MAD_TO_SIGMA * bn.nanmedian(np.abs(values - centre), axis=0), floor)
+    with np.errstate(invalid="ignore"):
+        return np.abs(values - centre) > sigma * spread
+
+
+def _clip_in_place(values: np.ndarray, floor: np.ndarray, *, sigma: float, iterations: int) -> int:
+    """Iteratively set outliers along axis 0 to NaN; return how many were clipped.
+
+    The first pass covers every pixel; later passes only the few pixels where something was clipped.
+    """
+    clip = _clip_pass(values, floor, sigma)
+    count = int(clip.sum())
+    if count == 0 or iterations < 2:
+        values[clip] = np.nan
+        return count
+    values[clip] = np.nan
+    affected = np.flatnonzero(clip.any(axis=0))
+    flat_values = values.reshape(values.shape[0], -1)
+    subset = flat_values[:, affected]
+    subset_floor = floor.reshape(-1)[affected]
+    for _ in range(iterations - 1):
+        more = _clip_pass(subset, subset_floor, sigma)
+        newly = int(more.sum())
+        if newly == 0:
+            break
+        subset[more] = np.nan
+        count += newly
+    flat_values[:, affected] = subset
+    return count
 
 
 def _block(value: np.ndarray | float, rows: slice) -> np.ndarray | float:

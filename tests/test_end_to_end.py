@@ -1,0 +1,116 @@
+"""End to end: simulate full-size sets, run the recipe through its command line, score against the truth.
+
+Each set is simulated and reduced once per test module (per xdist group) and several tests check the
+products against the issues' accuracy targets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.nddata import CCDData
+
+from soxs_mflat.cli import main
+from soxs_mflat.simulate import score, simulate_set
+
+SETS = {
+    "soxs-nir": ("soxs", "NIR", (1, 1)),
+    "soxs-vis": ("soxs", "VIS", (1, 1)),
+    "xsh-nir": ("xsh", "NIR", (1, 1)),
+    "xsh-vis": ("xsh", "VIS", (1, 1)),
+    "xsh-uvb": ("xsh", "UVB", (1, 1)),
+    "xsh-vis-2x2": ("xsh", "VIS", (2, 2)),
+    "xsh-uvb-2x2": ("xsh", "UVB", (2, 2)),
+}
+
+pytestmark = pytest.mark.slow
+
+
+def _params():
+    return [pytest.param(name, marks=pytest.mark.xdist_group(name), id=name) for name in SETS]
+
+
+@pytest.fixture(scope="module", params=_params())
+def reduced(request, tmp_path_factory):
+    """(name, products dir, score) of one simulated set reduced by the recipe."""
+    name = request.param
+    instrument, arm, binning = SETS[name]
+    base = tmp_path_factory.mktemp(name)
+    made = simulate_set(base / "raw", instrument=instrument, arm=arm, binning=binning)
+    status = main(["mflat", str(made.sof), "-o", str(base / "out"), "-s", str(made.settings)])
+    assert status == 0
+    products = base / "out" / "products" / "soxs_mflat"
+    return name, products, score(products, made.truth_dir), made
+
+
+def test_every_order_found_and_none_spurious(reduced) -> None:
+    _, _, result, _ = reduced
+    assert result["orders_missing"] == [] and result["orders_spurious"] == []
+
+
+def test_edge_accuracy(reduced) -> None:
+    name, _, result, _ = reduced
+    edges = result["all"]
+    assert edges["median"] <= 0.05, (name, edges)
+    assert edges["p95"] <= 0.15, (name, edges)
+    assert edges["max"] <= 0.5, (name, edges)
+
+
+def test_flat_field_at_photon_noise(reduced) -> None:
+    name, _, result, _ = reduced
+    assert result["flat_error_ratio"] <= 1.05, (name, result["flat_error"], result["flat_noise_expected"])
+    assert result["flat_bias_max_abs"] <= 0.002, (name, result["flat_bias_by_order"])
+    assert 0.9 <= result["errs_calibration"] <= 1.1, (name, result["errs_calibration"])
+    assert result["outlier_fraction_5sigma"] <= 1e-4, (name, result["outlier_fraction_5sigma"])
+
+
+def test_bad_pixel_mask(reduced) -> None:
+    name, _, result, _ = reduced
+    recall = result["mask_recall"]
+    assert recall["dead"] >= 0.99, (name, recall)
+    assert recall["low_sensitivity"] >= 0.95, (name, recall)
+    assert recall.get("hot_detectable", recall["hot"]) >= 0.99, (name, recall)
+    assert result["mask_precision"] >= 0.99, (name, result["mask_precision"])
+    assert result["dust_masked_fraction"] <= 0.01, (name, result["dust_masked_fraction"])
+
+
+def test_products_layout(reduced) -> None:
+    name, products, _, made = reduced
+    arm = SETS[name][1]
+    stem = made.sof.stem
+    flat_path = products / f"{stem}.fits"
+    flat = CCDData.read(flat_path, hdu_mask="QUAL", hdu_uncertainty="ERRS")
+    assert flat.data.dtype == np.float32 and flat.mask.dtype == bool
+    header = fits.getheader(flat_path)
+    assert header["ESO PRO CATG"] == f"MASTER_FLAT_{arm}"
+    assert header["ESO PRO TECH"] == "IMAGE" and header["ESO PRO TYPE"] == "REDUCED"
+    assert "ESO DPR TYPE" not in header and "ESO QC ORDEXP90" in header and "ESO QC X RES SD" in header
+    assert header["ESO PRO REC1 RAW1 NAME"] and header["ESO PRO REC1 PARAM1 NAME"]
+    with fits.open(flat_path) as hdus:
+        assert [h.name for h in hdus] == ["FLUX", "QUAL", "ERRS"]
+        assert hdus["QUAL"].data.dtype == np.uint8 and set(np.unique(hdus["QUAL"].data)) <= {0, 1}
+        assert hdus["ERRS"].header["UTYPE"] == "StdDevUncertainty"
+    table_path = products / f"{stem.replace('MFLAT', 'OLOC')}.fits"
+    with fits.open(table_path) as hdus:
+        assert hdus[0].header["ESO PRO CATG"] == f"ORDER_TAB_{arm}"
+        assert hdus[3].name == "ORDER_TRACES"
+        assert ("degy_cent" in hdus[1].columns.names) == (SETS[name][:2] != ("soxs", "NIR"))
+    log = (products / f"{stem}.log").read_text().strip().splitlines()
+    assert log[-1].startswith("Recipe Command: soxspipe -x mflat ")
+    qc_dir = products.parents[1] / "qc" / "soxs_mflat"
+    assert (qc_dir / f"{stem}_ORD_LOC.pdf").stat().st_size > 10_000
+    assert (qc_dir / f"{stem}_BKGROUND.pdf").stat().st_size > 10_000
+
+
+def test_rerun_refused_without_overwrite(reduced, capsys) -> None:
+    name, products, _, made = reduced
+    if name != "soxs-nir":
+        pytest.skip("checked once")
+    flat_path = products / f"{made.sof.stem}.fits"
+    before = flat_path.stat().st_mtime_ns
+    status = main(["mflat", str(made.sof), "-o", str(products.parents[1]), "-s", str(made.settings)])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert "already exist" in error and str(flat_path) in error and "Traceback" not in error
+    assert flat_path.stat().st_mtime_ns == before
