@@ -186,7 +186,10 @@ def provenance_header(
         header[f"HIERARCH ESO PRO REC1 PARAM{i} VALUE"] = _short(value, 30)
     for row in qc_rows:
         if row.to_header and np.isfinite(row.value):
-            header[f"HIERARCH ESO QC {row.name}"] = (row.value, row.comment)
+            keyword = f"HIERARCH ESO QC {row.name}"
+            value = int(row.value) if float(row.value).is_integer() and abs(row.value) < 2**53 else row.value
+            room = 80 - len(fits.Card(keyword, value).image.rstrip()) - 3
+            header[keyword] = (value, row.comment[: max(room, 0)])
     return header
 
 
