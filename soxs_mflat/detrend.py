@@ -10,6 +10,7 @@ all of them, whose noise does not average down in the stack).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -22,6 +23,18 @@ class Calibration:
     uncertainty: np.ndarray
     mask: np.ndarray
     exptime: float = 0.0
+
+    @cached_property
+    def variance(self) -> np.ndarray:
+        """Squared uncertainty, computed once and shared by every flat it is subtracted from."""
+        return np.square(self.uncertainty, dtype=np.float32)
+
+    def scaled(self, scale: float) -> Calibration:
+        """This calibration multiplied by ``scale`` (itself when ``scale`` is 1)."""
+        if scale == 1.0:
+            return self
+        factor = np.float32(scale)
+        return Calibration(self.data * factor, self.uncertainty * factor, self.mask, self.exptime * scale)
 
 
 @dataclass(frozen=True)
@@ -55,12 +68,12 @@ def subtract_bias(
     """
     data = flat - bias.data
     out_mask = mask | bias.mask
-    common = bias.uncertainty.astype(np.float32) ** 2
+    common = bias.variance
     if dark is not None:
         scale = flat_exptime / dark.exptime if dark.exptime > 0 else 1.0
         data -= (dark.data - bias.data) * np.float32(scale)
         out_mask |= dark.mask
-        common = common + (dark.uncertainty.astype(np.float32) * np.float32(scale)) ** 2
+        common = common + dark.variance * np.float32(scale**2)
     return data, out_mask, NoiseModel(ron=ron, common_variance=common)
 
 
@@ -70,25 +83,21 @@ def subtract_dark(
     dark: Calibration,
     *,
     ron: float,
-    scale: float = 1.0,
     shared: bool,
 ) -> tuple[np.ndarray, np.ndarray, NoiseModel]:
-    """NIR: subtract a (scaled) dark or lamp-off frame.
+    """NIR: subtract a dark or lamp-off frame (already scaled to the flat's exposure time).
 
     The dark's counts were photons (thermal background, dark current), so they stay in the photon
     term. ``shared`` says whether the same dark is subtracted from every flat (then its noise is
-    common to the stack).
+    common to the stack). The noise model refers to the dark's arrays without copying them.
     """
-    scaled = dark.data * np.float32(scale)
-    data = flat - scaled
-    dark_variance = (dark.uncertainty.astype(np.float32) * np.float32(scale)) ** 2
     noise = NoiseModel(
         ron=ron,
-        photon_pedestal=scaled,
-        own_variance=0.0 if shared else dark_variance,
-        common_variance=dark_variance if shared else 0.0,
+        photon_pedestal=dark.data,
+        own_variance=0.0 if shared else dark.variance,
+        common_variance=dark.variance if shared else 0.0,
     )
-    return data, mask | dark.mask, noise
+    return flat - dark.data, mask | dark.mask, noise
 
 
 def nearest_in_time(flat_mjd: float, dark_mjds: np.ndarray) -> int:

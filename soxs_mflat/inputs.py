@@ -278,7 +278,6 @@ def verify(classified: list[Classified], *, instrument: str, arm: str) -> Verifi
         _require(flat_frames, kw.binx, "the binning")
         _require(flat_frames, kw.biny, "the binning")
     binning = _unique(flat_frames, lambda f: _binning(f, kw, arm), "binning", "Give flats of one binning only.")
-    _require(flat_frames, kw.read_speed, "the read-speed check")
     read_speed = str(_unique(flat_frames, lambda f: _value(f.header, kw.read_speed), "read speed",
                              "Give flats of one readout mode only."))
     gain_value = _unique(flat_frames, lambda f: _gain(f, kw, instrument), "gain",

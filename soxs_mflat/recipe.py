@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from soxs_mflat import background, badpixels, edges, plots
+from soxs_mflat import background, badpixels, edges, plots, stitching
 from soxs_mflat.detrend import Calibration, NoiseModel, dark_scale, nearest_in_time, subtract_bias, subtract_dark
 from soxs_mflat.errors import UserInputError
 from soxs_mflat.footprints import OrderBounds, frame_binning_ab, from_ba, order_bounds, order_labels, to_ba
@@ -47,7 +47,6 @@ from soxs_mflat.qc import QCRow, deduplicate, failed, qc_row
 from soxs_mflat.settings import ArmSettings, Settings, load_settings, peek_instrument
 from soxs_mflat.sof import InputSet
 from soxs_mflat.stacking import centre_band_mask, measure_levels, ratio_levels, sigma_clipped_stack
-from soxs_mflat.stitching import stitch_lamps
 
 LOGGER = logging.getLogger("soxs_mflat")
 
@@ -87,6 +86,7 @@ class LampResult:
     background: np.ndarray | None
     qc: list[QCRow]
     header: fits.Header
+    detections: edges.EdgeDetections
     figures: dict[str, object] = field(default_factory=dict)
 
 
@@ -258,6 +258,8 @@ class MasterFlatRecipe:
                 LOGGER.info("Master dark %s subtracted too, scaled by exposure time", inputs.master_dark.path.name)
         else:
             darks, dark_index, shared_dark = self._darks(inputs, lamp_set, static_mask, fitted_axis, settings)
+            darks = [dark.scaled(dark_scale(instrument=inputs.instrument, flat_exptime=lamp_set.exptime,
+                                            dark_exptime=dark.exptime)) for dark in darks]
         cube = np.empty((len(lamp_set.flats), *shape_ba), dtype=np.float32)
         noise: list[NoiseModel] = []
         for i, frame in enumerate(lamp_set.flats):
@@ -269,10 +271,7 @@ class MasterFlatRecipe:
                 data, mask, model = subtract_bias(data, mask, bias, ron=inputs.ron, dark=dark_cal,
                                                   flat_exptime=lamp_set.exptime)
             else:
-                dark = darks[dark_index[i]]
-                scale = dark_scale(instrument=inputs.instrument, flat_exptime=lamp_set.exptime,
-                                   dark_exptime=dark.exptime)
-                data, mask, model = subtract_dark(data, mask, dark, ron=inputs.ron, scale=scale, shared=shared_dark)
+                data, mask, model = subtract_dark(data, mask, darks[dark_index[i]], ron=inputs.ron, shared=shared_dark)
             data[mask | ~np.isfinite(data)] = np.nan
             cube[i] = data
             noise.append(model)
@@ -301,6 +300,7 @@ class MasterFlatRecipe:
         first = sigma_clipped_stack(cube, first_levels.levels, noise, sigma=settings.stacked_clipping_sigma,
                                     iterations=settings.stacked_clipping_iterations, all_masked=all_masked)
         relative = ratio_levels(cube, first.data, band)
+        del first
         for i, value in enumerate(relative):
             cube[i] /= np.float32(value)
         levels = first_levels.levels * relative
@@ -357,7 +357,8 @@ class MasterFlatRecipe:
                                                  bias, darks, dark_index)
         qc = self._lamp_qc(first_levels.ordexp, fit, counts, lamp_set, inputs, arm)
         header = lamp_set.flats[0].header
-        return LampResult(lamp_set.lamp, data, combined.uncertainty, mask, table, centres, model, qc, header, figures)
+        return LampResult(lamp_set.lamp, data, combined.uncertainty, mask, table, centres, model, qc, header, detections,
+                          figures)
 
     def _flag_and_fill(self, flat: np.ndarray, uncertainty: np.ndarray, input_mask: np.ndarray, bounds: OrderBounds,
                        arm: ArmSettings, inputs: VerifiedInputs, bias: Calibration | None,
@@ -418,29 +419,32 @@ class MasterFlatRecipe:
         fitted_axis = inputs.detector.fitted_axis
         binning_ab = frame_binning_ab(inputs.binning, fitted_axis)
         shape_ba = qth.data.shape
-        bounds = order_bounds(qth.table, shape_ba, binning_ab)
-        d2_flat = np.where(d2.mask, np.nan, d2.data)
-        stitched = stitch_lamps((d2_flat, d2.uncertainty, d2.mask), (qth.data, qth.uncertainty, qth.mask), bounds,
-                                scale_d2_to_qth=arm.scale_d2_to_qth)
-        LOGGER.info("Stitched D2 orders %s to QTH at orders %s (D2 scaled by 1/%.4f)", stitched.d2_orders,
-                    stitched.boundary_orders, stitched.scale)
-        LOGGER.info("Re-detecting order edges on the stitched flat with the QTH order-centre table")
-        detections = edges.detect_edges(
-            stitched.data, qth.centres, binning_ab=binning_ab,
-            slice_length=max(13, arm.slice_length_for_edge_detection // binning_ab[0]),
-            slice_width=arm.slice_width_for_edge_detection,
-            min_threshold_pct=arm.min_percentage_threshold_for_edge_detection,
-            max_threshold_pct=arm.max_percentage_threshold_for_edge_detection,
-            mask_ba=stitched.mask,
-        )
+        d2_lamp = (np.where(d2.mask, np.nan, d2.data), d2.uncertainty, d2.mask)
+        q_lamp = (np.where(qth.mask, np.nan, qth.data), qth.uncertainty, qth.mask)
+        lamp_bounds = order_bounds(qth.table, shape_ba, binning_ab)
+        try:
+            from_d2 = stitching.choose_lamps(d2_lamp, q_lamp, lamp_bounds)
+        except ValueError as error:
+            raise UserInputError(
+                f"The D2 and QTH flats cannot be stitched: {error}. Check that the LAMP,DFLAT and LAMP,QFLAT frames "
+                "and their order-centre tables belong together."
+            ) from None
+        d2_orders = {int(m) for m in lamp_bounds.orders[from_d2]}
+        LOGGER.info("Fitting the order edges of the stitched flat: D2 measurements for orders %s, QTH for the rest",
+                    sorted(d2_orders))
+        detections = stitching.merge_detections(d2.detections, qth.detections, d2_orders)
         limit = arm.qc_limit("X RES SD")
         fit = edges.fit_edges(detections, order_deg=arm.order_deg, disp_axis_deg=arm.disp_axis_deg,
                               clipping_sigma=arm.poly_fitting_residual_clipping_sigma,
                               clipping_iterations=arm.poly_clipping_iteration_limit, binning_ab=binning_ab,
                               max_residual_sd=None if limit is None else limit[1], log=LOGGER.info)
         table = edges.order_location_table(qth.centres, fit, detections, shape_ba=shape_ba, binning_ab=binning_ab)
-        final_bounds = order_bounds(table, shape_ba, binning_ab)
-        data, mask, counts = self._flag_and_fill(stitched.data, stitched.uncertainty, stitched.mask, final_bounds,
+        bounds = order_bounds(table, shape_ba, binning_ab)
+        stitched = stitching.stitch_lamps(d2_lamp, q_lamp, bounds, np.isin(bounds.orders, list(d2_orders)),
+                                          scale_d2_to_qth=arm.scale_d2_to_qth)
+        LOGGER.info("Stitched: D2 orders %s, boundary between orders %s, D2 flat divided by %.4f", stitched.d2_orders,
+                    stitched.boundary_orders, stitched.scale)
+        data, mask, counts = self._flag_and_fill(stitched.data, stitched.uncertainty, stitched.mask, bounds,
                                                  arm, inputs, None, [], [])
         all_flats = LampSet("", tuple(f for s in inputs.lamp_sets for f in s.flats),
                             inputs.lamp_sets[-1].order_table, inputs.lamp_sets[-1].exptime)
@@ -451,7 +455,8 @@ class MasterFlatRecipe:
             model = np.where(stitched.from_d2, d2.background / np.float32(stitched.scale), qth.background)
         figures = {"ORD_LOC": plots.plot_order_locations(stitched.data, detections, fit, table, binning_ab=binning_ab,
                                                          fitted_axis=fitted_axis, title="UVB stitched order edges")}
-        return LampResult("", data, stitched.uncertainty, mask, table, qth.centres, model, qc, qth.header, figures)
+        return LampResult("", data, stitched.uncertainty, mask, table, qth.centres, model, qc, qth.header, detections,
+                          figures)
 
     # ----------------------------------------------------------------------------------- writing
     def _write(self, paths: ProductPaths, inputs: VerifiedInputs, settings: Settings, results: list[LampResult],

@@ -16,6 +16,7 @@ from soxs_mflat.detrend import NoiseModel
 
 MAD_TO_SIGMA = 1.482602218505602
 BLOCK_ROWS = 256
+MAX_SPREAD_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,8 @@ def sigma_clipped_stack(
     """Combine normalised flats (cube = flat / level, NaN where masked) pixel by pixel.
 
     Each pixel's values are clipped iteratively at ``sigma`` × spread around their median, where
-    the spread is the MAD-σ of the values but never below the expected noise of one flat (with
-    five flats the MAD alone is too noisy a yardstick and would clip good values); the survivors
-    are averaged. The uncertainty propagates each survivor's own variance and the calibration
+    the spread is the MAD-σ of the values bounded by the expected noise of one flat (see
+    :func:`_clip_pass`); the survivors are averaged. The uncertainty propagates each survivor's own variance and the calibration
     variance common to all flats. A pixel is masked only if every input was masked there, or every
     value was clipped.
     """
@@ -159,9 +159,14 @@ def sigma_clipped_stack(
 
 
 def _clip_pass(values: np.ndarray, floor: np.ndarray, sigma: float) -> np.ndarray:
-    """Values more than ``sigma`` × spread from their median along axis 0 (spread floored at ``floor``)."""
+    """Values more than ``sigma`` × spread from their median along axis 0.
+
+    The spread is the values' MAD-σ kept within [1, ``MAX_SPREAD_RATIO``] × ``floor``, the expected
+    noise of one flat: with a handful of flats the MAD alone is too noisy a yardstick, sometimes far
+    too small (clipping good values) and often several times too large (keeping cosmic rays).
+    """
     centre = bn.nanmedian(values, axis=0)
-    spread = np.fmax(MAD_TO_SIGMA * bn.nanmedian(np.abs(values - centre), axis=0), floor)
+    spread = np.clip(MAD_TO_SIGMA * bn.nanmedian(np.abs(values - centre), axis=0), floor, MAX_SPREAD_RATIO * floor)
     with np.errstate(invalid="ignore"):
         return np.abs(values - centre) > sigma * spread
 

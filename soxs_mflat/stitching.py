@@ -1,9 +1,14 @@
 """Stitch the D2-lamp and QTH-lamp master flats of X-shooter UVB into one (spec §5.8 step 8).
 
 The D2 lamp lights the blue orders, the QTH lamp the red ones. Each order is taken from the lamp
-that lights it best; the boundary runs through the inter-order gap between the last D2-side order
-and the first QTH-side order, row by row. With ``scale_d2_to_qth`` the D2 flat is first scaled so
-that both lamps agree in the orders next to the boundary, which keeps the stitched flat continuous.
+that gives it the better signal-to-noise (the lower median relative uncertainty), which splits the
+orders into two contiguous groups; the boundary runs through the inter-order gap between them, row
+by row. With ``scale_d2_to_qth`` the D2 flat is scaled so that both lamps agree in the two orders
+next to the boundary, which keeps the stitched flat continuous.
+
+The final order edges are not re-detected on the stitched flat (where the lamp step at the boundary
+disturbs the slices next to it): each order keeps the edge measurements of the lamp it comes from,
+and one global fit is made through all of them.
 """
 
 from __future__ import annotations
@@ -12,7 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from soxs_mflat.edges import EdgeDetections
 from soxs_mflat.footprints import OrderBounds, order_labels
+
+Lamp = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""(data, uncertainty, mask) of one lamp's master flat, BA orientation."""
 
 
 @dataclass(frozen=True)
@@ -28,48 +37,75 @@ class StitchResult:
     scale: float
 
 
-def _order_medians(flat: np.ndarray, labels: np.ndarray, n_orders: int) -> np.ndarray:
+def _order_medians(values: np.ndarray, labels: np.ndarray, n_orders: int) -> np.ndarray:
     medians = np.full(n_orders, np.nan)
     for k in range(n_orders):
-        values = flat[labels == k + 1]
-        values = values[np.isfinite(values)]
-        if values.size:
-            medians[k] = np.median(values)
+        selected = values[labels == k + 1]
+        selected = selected[np.isfinite(selected)]
+        if selected.size:
+            medians[k] = np.median(selected)
     return medians
 
 
-def stitch_lamps(
-    d2: tuple[np.ndarray, np.ndarray, np.ndarray],
-    qth: tuple[np.ndarray, np.ndarray, np.ndarray],
-    bounds: OrderBounds,
-    *,
-    scale_d2_to_qth: bool,
-) -> StitchResult:
-    """Combine (data, uncertainty, mask) of the two lamps using the order bounds of the QTH flat."""
+def choose_lamps(d2: Lamp, qth: Lamp, bounds: OrderBounds) -> np.ndarray:
+    """Per order of ``bounds``: True where the D2 flat has the lower median relative uncertainty.
+
+    Raises ``ValueError`` unless the D2 orders form one contiguous group along axis A.
+    """
+    labels = order_labels(bounds, d2[0].shape, grow=-2.0)
+    n_orders = bounds.orders.size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d2_noise = _order_medians(d2[1] / np.abs(d2[0]), labels, n_orders)
+        q_noise = _order_medians(qth[1] / np.abs(qth[0]), labels, n_orders)
+    from_d2 = np.nan_to_num(d2_noise, nan=np.inf) < np.nan_to_num(q_noise, nan=np.inf)
+    sequence = np.argsort(np.nanmedian(bounds.centre, axis=1))
+    flags = from_d2[sequence]
+    if np.count_nonzero(flags[1:] != flags[:-1]) != 1:
+        raise ValueError("the D2 and QTH lamps do not light two contiguous groups of orders")
+    return from_d2
+
+
+def merge_detections(d2: EdgeDetections, qth: EdgeDetections, d2_orders: set[int]) -> EdgeDetections:
+    """Edge measurements of the D2 orders from the D2 flat and of the others from the QTH flat."""
+    def per_slice(name: str) -> np.ndarray:
+        return np.concatenate([getattr(d2, name)[np.isin(d2.order, list(d2_orders))],
+                               getattr(qth, name)[~np.isin(qth.order, list(d2_orders))]])
+
+    def per_order(name: str) -> np.ndarray:
+        values = []
+        for order in qth.orders:
+            source = d2 if int(order) in d2_orders and order in d2.orders else qth
+            values.append(getattr(source, name)[int(np.flatnonzero(source.orders == order)[0])])
+        return np.asarray(values)
+
+    slice_fields = ("order", "b", "centre", "low", "up", "flag_low", "flag_up")
+    order_fields = ("max_threshold", "min_threshold", "max_value")
+    return EdgeDetections(
+        orders=qth.orders.copy(),
+        **{name: per_slice(name) for name in slice_fields},
+        **{name: per_order(name) for name in order_fields},
+    )
+
+
+def stitch_lamps(d2: Lamp, qth: Lamp, bounds: OrderBounds, from_d2: np.ndarray, *, scale_d2_to_qth: bool) -> StitchResult:
+    """Combine the two lamps' flats given the final order bounds and the lamp of each order."""
     d2_data, d2_err, d2_mask = d2
     q_data, q_err, q_mask = qth
     shape = d2_data.shape
-    labels = order_labels(bounds, shape, grow=-2.0)
-    n_orders = bounds.orders.size
-    d2_level = _order_medians(d2_data, labels, n_orders)
-    q_level = _order_medians(q_data, labels, n_orders)
-    from_d2 = np.nan_to_num(d2_level, nan=0.0) > np.nan_to_num(q_level, nan=0.0)
-    order_a = np.nanmedian(bounds.centre, axis=1)
-    sequence = np.argsort(order_a)
+    sequence = np.argsort(np.nanmedian(bounds.centre, axis=1))
     flags = from_d2[sequence]
-    changes = np.flatnonzero(flags[1:] != flags[:-1])
-    if changes.size != 1:
-        raise ValueError("the D2 and QTH lamps do not light two contiguous groups of orders")
-    first, second = sequence[changes[0]], sequence[changes[0] + 1]
+    change = int(np.flatnonzero(flags[1:] != flags[:-1])[0])
+    first, second = sequence[change], sequence[change + 1]
     d2_side, q_side = (first, second) if from_d2[first] else (second, first)
+    labels = order_labels(bounds, shape, grow=-2.0)
     both = (labels == d2_side + 1) | (labels == q_side + 1)
-    ratio = d2_data[both] / q_data[both]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = d2_data[both] / q_data[both]
     ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
     scale = float(np.median(ratio)) if (scale_d2_to_qth and ratio.size) else 1.0
-    low_side_is_d2 = bool(from_d2[sequence[0]])
     boundary = 0.5 * (bounds.up[first] + bounds.low[second])
     a = np.arange(shape[1])[None, :]
-    take_d2 = (a < boundary[:, None]) if low_side_is_d2 else (a > boundary[:, None])
+    take_d2 = (a < boundary[:, None]) if from_d2[first] else (a > boundary[:, None])
     data = np.where(take_d2, d2_data / np.float32(scale), q_data).astype(np.float32)
     uncertainty = np.where(take_d2, d2_err / np.float32(scale), q_err).astype(np.float32)
     mask = np.where(take_d2, d2_mask, q_mask)

@@ -81,7 +81,7 @@ def test_products_layout(reduced) -> None:
     stem = made.sof.stem
     flat_path = products / f"{stem}.fits"
     flat = CCDData.read(flat_path, hdu_mask="QUAL", hdu_uncertainty="ERRS")
-    assert flat.data.dtype == np.float32 and flat.mask.dtype == bool
+    assert flat.data.dtype.kind == "f" and flat.data.dtype.itemsize == 4 and flat.mask.dtype == bool
     header = fits.getheader(flat_path)
     assert header["ESO PRO CATG"] == f"MASTER_FLAT_{arm}"
     assert header["ESO PRO TECH"] == "IMAGE" and header["ESO PRO TYPE"] == "REDUCED"

@@ -28,7 +28,7 @@ def test_defaults_load_and_are_typed(instrument: str) -> None:
     nir = settings.arm("NIR")
     assert isinstance(nir.order_deg, int) and isinstance(nir.poly_fitting_residual_clipping_sigma, float)
     assert settings.bspline_deg == 2 and settings.gaussian_blur_sigma == 65.0
-    expected_sigma = {"soxs": 15.0, "xsh": 5.0}[instrument]
+    expected_sigma = {"soxs": 5.0, "xsh": 5.0}[instrument]
     assert settings.stacked_clipping_sigma == expected_sigma
 
 

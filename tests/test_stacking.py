@@ -106,6 +106,7 @@ def test_dark_subtraction_keeps_dark_photons_in_the_noise() -> None:
     flat = np.full((3, 3), 3000.0, np.float32)
     dark = Calibration(np.full((3, 3), 200.0, np.float32), np.full((3, 3), 15.0, np.float32), np.zeros((3, 3), bool), 10.0)
     data, _, noise = subtract_dark(flat, np.zeros((3, 3), bool), dark, ron=RON, shared=False)
+    assert dark.scaled(2.0).data[0, 0] == 400.0 and dark.scaled(2.0).variance[0, 0] == 900.0
     assert np.allclose(data, 2800.0)
     assert np.allclose(noise.variance(data), 3000.0 + RON**2 + 225.0)
     assert dark_scale(instrument="soxs", flat_exptime=20, dark_exptime=10) == 1.0

@@ -3,8 +3,8 @@
 The products folder is searched recursively. The master flat is the FITS file whose primary header
 has ``ESO PRO CATG`` starting with ``MASTER_FLAT_`` *and* which has ``QUAL``/``ERRS`` extensions
 (soxspipe's background image carries the same category but has a single HDU). The order table is
-the ``ORDER_TAB_`` file with edge coefficients, preferring the untagged (stitched) one over
-``…_DLAMP``/``…_QLAMP`` tables.
+the ``ORDER_TAB_`` file with edge coefficients. For both, the untagged (stitched) file is preferred
+over ``…_DLAMP``/``…_QLAMP`` ones.
 
 All metrics are in frame pixels (the set's binning) or in relative flat-field units. For X-shooter
 UVB, whose master flat is stitched from two lamps, each order is scored against the lamp it was
@@ -89,9 +89,11 @@ def find_products(products_dir: Path) -> tuple[Path | None, Path | None]:
                     tables.append(path)
         except OSError:
             continue
-    untagged = [path for path in tables if not path.stem.upper().endswith(("_DLAMP", "_QLAMP"))]
-    table = (untagged or tables or [None])[-1]
-    return (flats[-1] if flats else None), table
+    def preferred(paths: list[Path]) -> Path | None:
+        untagged = [path for path in paths if not path.stem.upper().endswith(("_DLAMP", "_QLAMP"))]
+        return (untagged or paths or [None])[-1]
+
+    return preferred(flats), preferred(tables)
 
 
 def _has_edges(hdu: fits.hdu.base.ExtensionHDU) -> bool:
