@@ -224,17 +224,40 @@ class MasterFlatRecipe:
         if inputs.master_dark is not None:
             LOGGER.info("Dark: master dark %s subtracted from every flat", inputs.master_dark.path.name)
             return [self._calibration(inputs.master_dark, inputs, static_mask, fitted_axis)], [0] * n_flats, True
-        darks = [self._calibration(f, inputs, static_mask, fitted_axis) for f in inputs.darks]
-        if len(darks) == n_flats and n_flats > 1:
-            combined = _combine_darks(darks, inputs.ron, settings)
+        if len(inputs.darks) == n_flats and n_flats > 1:
+            combined = self._combined_dark(inputs, static_mask, fitted_axis, settings)
             LOGGER.info("Dark: %d lamp-off/dark frames combined (clipped mean) and subtracted from every flat",
-                        len(darks))
+                        len(inputs.darks))
             return [combined], [0] * n_flats, True
+        darks = [self._calibration(f, inputs, static_mask, fitted_axis) for f in inputs.darks]
         mjds = np.array([float(f.header[inputs.keywords.mjd_obs]) for f in inputs.darks])
         chosen = [nearest_in_time(float(f.header[inputs.keywords.mjd_obs]), mjds) for f in lamp_set.flats]
         LOGGER.info("Dark: nearest in MJD-OBS for each flat (%d darks for %d flats): %s", len(darks), n_flats,
                     ", ".join(inputs.darks[i].path.name for i in chosen))
         return darks, chosen, len(set(chosen)) == 1
+
+    def _combined_dark(self, inputs: VerifiedInputs, static_mask: np.ndarray | None, fitted_axis: str,
+                       settings: Settings) -> Calibration:
+        """Clipped mean of the lamp-off/dark frames: a cleaner dark than any single one.
+
+        Each frame is prepared straight into the stack (masked pixels as NaN), so only one prepared
+        frame is in memory besides the stack.
+        """
+        shape = inputs.detector.prepared_shape(*inputs.binning)
+        shape_ba = shape if fitted_axis == "x" else shape[::-1]
+        cube = np.empty((len(inputs.darks), *shape_ba), dtype=np.float32)
+        exptimes = []
+        for i, frame in enumerate(inputs.darks):
+            prepared = self._prepare(frame, inputs, static_mask)
+            cube[i] = to_ba(np.where(prepared.mask, np.nan, prepared.data), fitted_axis)
+            exptimes.append(float(frame.header.get(inputs.keywords.exptime, 0.0) or 0.0))
+        stacked = sigma_clipped_stack(cube, np.ones(cube.shape[0]), [NoiseModel(ron=inputs.ron)] * cube.shape[0],
+                                      sigma=settings.stacked_clipping_sigma,
+                                      iterations=settings.stacked_clipping_iterations)
+        del cube
+        data = np.where(stacked.mask, np.float32(0.0), stacked.data)
+        uncertainty = np.where(stacked.mask, np.float32(inputs.ron), stacked.uncertainty)
+        return Calibration(data, uncertainty, stacked.mask, float(np.mean(exptimes)))
 
     def _reduce_lamp(self, lamp_set: LampSet, inputs: VerifiedInputs, settings: Settings,
                      arm: ArmSettings) -> LampResult:
@@ -522,18 +545,6 @@ class MasterFlatRecipe:
         text += f"Recipe Run Time: {time.monotonic() - started:.1f}s\n"
         text += f"Recipe Command: {self.command}\n"
         write_text(text, path)
-
-
-def _combine_darks(darks: list[Calibration], ron: float, settings: Settings) -> Calibration:
-    """Clipped mean of several lamp-off/dark frames: a cleaner dark than any single one."""
-    cube = np.stack([np.where(d.mask, np.nan, d.data) for d in darks]).astype(np.float32)
-    models = [NoiseModel(ron=ron) for _ in darks]
-    stacked = sigma_clipped_stack(cube, np.ones(len(darks)), models, sigma=max(5.0, settings.stacked_clipping_sigma / 3),
-                                  iterations=settings.stacked_clipping_iterations)
-    data = np.where(stacked.mask, 0.0, stacked.data).astype(np.float32)
-    uncertainty = np.where(stacked.mask, ron, stacked.uncertainty).astype(np.float32)
-    exptime = float(np.mean([d.exptime for d in darks]))
-    return Calibration(data, uncertainty, np.all([d.mask for d in darks], axis=0) | stacked.mask, exptime)
 
 
 def qc_csv(rows: list[QCRow], *, obs_date: str) -> str:
