@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check soxs_mflat tests benchmarks
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not interop" -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not interop" -q
 
 $(SOXSPIPE_VENV)/bin/soxspipe:
 	PYENV_VERSION=3.12.1 python3.12 -m venv $(SOXSPIPE_VENV)

@@ -18,6 +18,8 @@ class QCRow:
     comment: str
     to_header: bool = True
     limits: tuple[float, float] | None = None
+    order: int = -1
+    """Echelle order the metric refers to; -1 for metrics of the whole frame."""
 
     @property
     def passed(self) -> bool:
@@ -48,14 +50,15 @@ COMMENTS = {
     "INNER ORDER PIX SUM": ("", "Sum of all inner-order pixel values"),
     "DETECTOR TEMP": ("", "temp of detector"),
     "CPATH TEMP": ("celsius", "[C] temp of common path"),
+    "N SLICES": ("", "Cross-dispersion slices used in the order edge fit"),
 }
 
 
 def qc_row(name: str, value: float, *, limits: tuple[float, float] | None = None, to_header: bool = True,
-           unit: str | None = None) -> QCRow:
+           unit: str | None = None, order: int = -1) -> QCRow:
     """A QC row with the standard unit and comment of ``name``."""
     default_unit, comment = COMMENTS[name]
-    return QCRow(name, float(value), default_unit if unit is None else unit, comment, to_header, limits)
+    return QCRow(name, float(value), default_unit if unit is None else unit, comment, to_header, limits, order)
 
 
 def failed(rows: Iterable[QCRow]) -> list[QCRow]:
@@ -65,7 +68,7 @@ def failed(rows: Iterable[QCRow]) -> list[QCRow]:
 
 def deduplicate(rows: Iterable[QCRow]) -> list[QCRow]:
     """Keep the last row of each name (a later lamp pass wins, as in soxspipe)."""
-    latest: dict[str, QCRow] = {}
+    latest: dict[tuple[str, int], QCRow] = {}
     for row in rows:
-        latest[row.name] = row
+        latest[(row.name, row.order)] = row
     return list(latest.values())

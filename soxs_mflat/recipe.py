@@ -425,6 +425,8 @@ class MasterFlatRecipe:
         if not lamp_set.lamp or len(inputs.lamp_sets) == 1:
             names = ["N LOW SENS", "N ORDER EDGE", *names]
         rows += [row(name, counts[name]) for name in names]
+        rows += [row("N SLICES", count, to_header=False, order=int(order))
+                 for order, count in zip(fit.orders_kept, fit.slices_used, strict=True)]
         last = lamp_set.flats[-1].header
         kw = inputs.keywords
         detector_temp = kw.detector_temp.get(inputs.arm)
@@ -552,8 +554,8 @@ def qc_csv(rows: list[QCRow], *, obs_date: str) -> str:
     reduction = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     lines = ["soxspipe_recipe,qc_name,qc_value,qc_unit,qc_comment,obs_date_utc,reduction_date_utc,to_header,qc_order,"
              "qc_flag,qc_value_min,qc_value_max"]
-    for row in sorted(rows, key=lambda r: r.name):
+    for row in sorted(rows, key=lambda r: (r.name, r.order)):
         low, high = row.limits if row.limits else ("", "")
         lines.append(f'soxs-mflat,{row.name},{row.value:.6g},{row.unit},"{row.comment}",{obs_date},{reduction},'
-                     f"{row.to_header},-1,{row.flag},{low},{high}")
+                     f"{row.to_header},{row.order},{row.flag},{low},{high}")
     return "\n".join(lines) + "\n"

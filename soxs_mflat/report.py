@@ -25,6 +25,7 @@ def format_report(result: RecipeResult, *, verbose: bool = False) -> str:
     qc_rows = [
         [r.name, _value(r), r.unit, r.comment, "" if r.limits is None else f"[{r.limits[0]:g}, {r.limits[1]:g}]", r.flag]
         for r in sorted(result.qc, key=lambda r: r.name)
+        if r.order == -1
     ]
     qc = _table(["qc_name", "qc_value", "qc_unit", "qc_comment", "qc_range", "qc_flag"], qc_rows)
     headers = ["product_label", "file_name", "file_type", "label", "product_desc"]

@@ -1,7 +1,7 @@
 """End to end: simulate full-size sets, run the recipe through its command line, score against the truth.
 
-Each set is simulated and reduced once per test module (per xdist group) and several tests check the
-products against the issues' accuracy targets.
+Each set is simulated and reduced once (module-scoped fixture; ``make test`` keeps a file on one
+xdist worker) and several tests check the products against the issues' accuracy targets.
 """
 
 from __future__ import annotations
@@ -27,11 +27,7 @@ SETS = {
 pytestmark = pytest.mark.slow
 
 
-def _params():
-    return [pytest.param(name, marks=pytest.mark.xdist_group(name), id=name) for name in SETS]
-
-
-@pytest.fixture(scope="module", params=_params())
+@pytest.fixture(scope="module", params=list(SETS))
 def reduced(request, tmp_path_factory):
     """(name, products dir, score) of one simulated set reduced by the recipe."""
     name = request.param
