@@ -20,9 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-OURS = ROOT / ".venv" / "bin" / "soxspipe"
-THEIRS = ROOT / ".venv-soxspipe" / "bin" / "soxspipe"
+from accuracy import OURS, ROOT, THEIRS, soxspipe_settings
 
 
 def measure(command: list[str], *, cwd: Path) -> tuple[float, float, int]:
@@ -49,7 +47,10 @@ def run_tool(tool: Path, sof: Path, settings: Path, out: Path, runs: int) -> lis
         target = out / f"run{run}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
-        shutil.copy(settings, target / "soxspipe.yaml")
+        if tool == THEIRS:
+            soxspipe_settings(settings, target / "soxspipe.yaml")
+        else:
+            shutil.copy(settings, target / "soxspipe.yaml")
         command = [str(tool), "mflat", str(sof), "-o", str(target), "-s", str(target / "soxspipe.yaml"), "-x"]
         results.append(measure(command, cwd=target))
     return results
@@ -71,10 +72,11 @@ def main() -> int:
             if not tool.exists():
                 continue
             runs = run_tool(tool, sof, settings, args.output / f"{instrument}_{arm}" / name, args.runs)
-            ok = [r for r in runs if r[2] == 0 or name == "soxspipe"]
+            ok = [r for r, folder in zip(runs, range(args.runs), strict=True)
+                  if any((args.output / f"{instrument}_{arm}" / name / f"run{folder}").rglob("*MFLAT*.fits"))]
             row[name] = {
                 "runs": len(runs),
-                "failed_runs": sum(r[2] != 0 for r in runs),
+                "runs_without_product": len(runs) - len(ok),
                 "median_seconds": statistics.median(r[0] for r in ok) if ok else None,
                 "median_peak_mb": statistics.median(r[1] for r in ok) if ok else None,
                 "all_seconds": [round(r[0], 2) for r in runs],
