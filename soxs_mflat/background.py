@@ -43,6 +43,10 @@ SPILL_SIGMAS = (8.0, 11.0, 16.0, 23.0, 32.0, 45.0, 64.0, 90.0, 128.0, 181.0, 256
 SURFACE_DEGREE = 2
 CLIP_SIGMA = 5.0
 MAX_FIT_SAMPLES = 60_000
+FIT_CHUNK = 8192
+"""Samples handled at once when building the normal equations of the fit."""
+CHUNK_ROWS = 64
+"""Rows of the full-resolution frame handled at once, which bounds the size of the temporaries."""
 
 
 @dataclass(frozen=True)
@@ -121,23 +125,31 @@ def _gap_columns(start: np.ndarray, end: np.ndarray, n_a: int) -> tuple[np.ndarr
     return np.clip(cols, 0, n_a - 1), used
 
 
-def _bin_rows(image: np.ndarray, block: int) -> np.ndarray:
-    """Median of each block of ``block`` rows (NaN ignored); the last block may be short."""
+def _bin_rows(image: np.ndarray, mask: np.ndarray | None, block: int) -> np.ndarray:
+    """Median of each block of ``block`` rows, ignoring non-finite and ``mask`` pixels; the last block
+    may be short. Works through ``CHUNK_ROWS`` rows at a time, so the frame is never copied whole."""
     n_b, n_a = image.shape
-    n_bins = -(-n_b // block)
-    padded = np.full((n_bins * block, n_a), np.nan, dtype=np.float32)
-    padded[:n_b] = image
-    return bn.nanmedian(padded.reshape(n_bins, block, n_a), axis=1)
+    binned = np.empty((-(-n_b // block), n_a), dtype=np.float32)
+    step = block * max(CHUNK_ROWS // block, 1)
+    for start in range(0, n_b, step):
+        stop = min(start + step, n_b)
+        chunk = np.full((-(-(stop - start) // block) * block, n_a), np.nan, dtype=np.float32)
+        chunk[: stop - start] = image[start:stop]
+        chunk[~np.isfinite(chunk)] = np.nan
+        if mask is not None:
+            chunk[: stop - start][mask[start:stop]] = np.nan
+        binned[start // block : start // block + chunk.shape[0] // block] = bn.nanmedian(chunk.reshape(-1, block, n_a), axis=1)
+    return binned
 
 
 def _fill_along_rows(image: np.ndarray) -> np.ndarray:
     """Fill NaN pixels from the nearest finite pixel above or below in the same column (the earlier one first)."""
     n_rows = image.shape[0]
-    index = np.where(np.isfinite(image), np.arange(n_rows)[:, None], -1)
-    previous = np.maximum.accumulate(index, axis=0)
-    following = np.where(np.isfinite(image), np.arange(n_rows)[:, None], n_rows)
-    following = np.minimum.accumulate(following[::-1], axis=0)[::-1]
-    source = np.where(previous >= 0, previous, np.where(following < n_rows, following, 0))
+    finite = np.isfinite(image)
+    row = np.arange(n_rows, dtype=np.int32)[:, None]
+    source = np.maximum.accumulate(np.where(finite, row, np.int32(-1)), axis=0)
+    following = np.minimum.accumulate(np.where(finite, row, np.int32(n_rows))[::-1], axis=0)[::-1]
+    np.copyto(source, np.where(following < n_rows, following, np.int32(0)), where=source < 0)
     return np.take_along_axis(image, source, axis=0)
 
 
@@ -153,6 +165,7 @@ def _bin_geometry(values: np.ndarray, block: int) -> np.ndarray:
 def local_linear_smooth(values: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian local-linear regression along the last axis (zero weight = missing sample).
 
+    ``weights`` may broadcast against ``values`` (one row for all), which saves recomputing its sums.
     Unlike a normalised convolution it has no bias at the ends or next to gaps where the data
     slope; where there are too few samples to fit a slope it falls back to the weighted mean.
     """
@@ -166,37 +179,75 @@ def local_linear_smooth(values: np.ndarray, weights: np.ndarray, sigma: float) -
     s2 = correlate1d(w, kernel * t * t, axis=-1, mode="constant")
     t0 = correlate1d(yw, kernel, axis=-1, mode="constant")
     t1 = correlate1d(yw, kernel * t, axis=-1, mode="constant")
+    del yw
     det = s0 * s2 - s1 * s1
     with np.errstate(invalid="ignore", divide="ignore"):
-        linear = (s2 * t0 - s1 * t1) / det
-        mean = t0 / s0
-    stable = det > 1e-3 * np.maximum(s0 * s2, 1e-300)
-    return np.where(stable, linear, np.where(s0 > 0, mean, np.nan))
+        linear = s2 * t0
+        linear -= s1 * t1
+        linear /= det
+        mean = np.divide(t0, s0, out=t0)
+    np.copyto(mean, np.nan, where=~(s0 > 0))
+    np.copyto(linear, mean, where=~(det > 1e-3 * np.maximum(s0 * s2, 1e-300)))
+    return linear
 
 
-def _spill_features(light: np.ndarray, sigmas: tuple[float, ...], row_step: int) -> np.ndarray:
-    """``light`` (rows ``row_step`` px apart) convolved with unit-area Gaussians of ``sigmas`` px.
+@dataclass(frozen=True)
+class _Spill:
+    """Fourier transforms of the order light (rows ``row_step`` px apart) for the spill terms: per row
+    across A (the orders going on unchanged beyond the ends of the detector) and in 2-D, padded by
+    4 × the widest Gaussian so that nothing wraps around (nothing beyond the detector)."""
 
-    Returns two sets, shape (2, n_sigmas, rows, columns): convolved across A only, as if the orders
-    went on unchanged beyond the ends of the detector, and in 2-D with nothing beyond the detector.
-    The fit takes whichever mix the gaps show near the ends.
-    """
-    n_rows, n_a = light.shape
-    reach = 4 * max(sigmas)
-    n_fft_a = sfft.next_fast_len(int(n_a + reach), real=True)
-    n_fft_b = sfft.next_fast_len(int(n_rows + reach / row_step))
-    image = light.astype(np.float32)
-    spectrum = sfft.rfft2(image, s=(n_fft_b, n_fft_a), workers=-1)
-    rows_spectrum = sfft.rfft(image, n=n_fft_a, axis=1, workers=-1)
-    freq_a = sfft.rfftfreq(n_fft_a)[None, :]
-    freq_b = sfft.fftfreq(n_fft_b)[:, None]
-    features = np.empty((2, len(sigmas), n_rows, n_a), dtype=np.float32)
-    for j, sigma in enumerate(sigmas):
-        across = np.exp(-2.0 * (np.pi * sigma * freq_a) ** 2).astype(np.float32)
-        along = np.exp(-2.0 * (np.pi * sigma / row_step * freq_b) ** 2).astype(np.float32)
-        features[0, j] = sfft.irfft(rows_spectrum * across, n=n_fft_a, axis=1, workers=-1)[:, :n_a]
-        features[1, j] = sfft.irfft2(spectrum * (along * across), s=(n_fft_b, n_fft_a), workers=-1)[:n_rows, :n_a]
-    return features
+    rows_spectrum: np.ndarray
+    spectrum: np.ndarray
+    shape: tuple[int, int]
+    n_fft: tuple[int, int]
+    row_step: int
+
+    @classmethod
+    def of(cls, light: np.ndarray, row_step: int) -> _Spill:
+        """Transforms of ``light``."""
+        n_rows, n_a = light.shape
+        reach = 4 * max(SPILL_SIGMAS)
+        n_fft_a = sfft.next_fast_len(int(n_a + reach), real=True)
+        n_fft_b = sfft.next_fast_len(int(n_rows + reach / row_step))
+        image = light.astype(np.float32)
+        spectrum = sfft.rfft2(image, s=(n_fft_b, n_fft_a), workers=-1)
+        rows_spectrum = sfft.rfft(image, n=n_fft_a, axis=1, workers=-1)
+        return cls(rows_spectrum, spectrum, (n_rows, n_a), (n_fft_b, n_fft_a), row_step)
+
+    def kernels(self, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+        """Transfer functions of a unit-area Gaussian of ``sigma`` px: across A only, and in 2-D."""
+        n_fft_b, n_fft_a = self.n_fft
+        across = np.exp(-2.0 * (np.pi * sigma * sfft.rfftfreq(n_fft_a)[None, :]) ** 2).astype(np.float32)
+        along = np.exp(-2.0 * (np.pi * sigma / self.row_step * sfft.fftfreq(n_fft_b)[:, None]) ** 2).astype(np.float32)
+        return across, along * across
+
+    def images(self, across: np.ndarray, both: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The light convolved with the transfer functions ``across`` (per row) and ``both`` (2-D)."""
+        n_rows, n_a = self.shape
+        n_fft_b, n_fft_a = self.n_fft
+        per_row = sfft.irfft(self.rows_spectrum * across, n=n_fft_a, axis=1, workers=-1)[:, :n_a]
+        in_2d = sfft.irfft2(self.spectrum * both, s=(n_fft_b, n_fft_a), workers=-1)[:n_rows, :n_a]
+        return per_row, in_2d
+
+    def at(self, rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
+        """Fill ``out`` (samples × 2 n_sigmas) with the light convolved with each Gaussian of
+        ``SPILL_SIGMAS`` at (``rows``, ``cols``): first across A only, then in 2-D. One image at a time."""
+        n_spill = len(SPILL_SIGMAS)
+        for j, sigma in enumerate(SPILL_SIGMAS):
+            per_row, in_2d = self.images(*self.kernels(sigma))
+            out[:, j] = per_row[rows, cols]
+            out[:, n_spill + j] = in_2d[rows, cols]
+
+    def weighted(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Σ weights × the light convolved with each Gaussian (row 0 across A only, row 1 in 2-D), in one
+        transform each: the spill images of the fitted model."""
+        across = both = 0.0
+        for j, sigma in enumerate(SPILL_SIGMAS):
+            kernel_across, kernel_both = self.kernels(sigma)
+            across = across + weights[0, j] * kernel_across.astype(np.float64)
+            both = both + weights[1, j] * kernel_both.astype(np.float64)
+        return self.images(across, both)
 
 
 def _surface_basis(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_a: int) -> np.ndarray:
@@ -221,35 +272,46 @@ def _segment_levels(binned: np.ndarray, low: np.ndarray, up: np.ndarray) -> np.n
     return levels
 
 
+def _normal_equations(design: np.ndarray, data: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DᵀD and Dᵀy over the ``keep`` rows, built ``FIT_CHUNK`` rows at a time (no copy of the design)."""
+    n_coef = design.shape[1]
+    gram, rhs = np.zeros((n_coef, n_coef)), np.zeros(n_coef)
+    for start in range(0, design.shape[0], FIT_CHUNK):
+        rows = slice(start, start + FIT_CHUNK)
+        part = design[rows][keep[rows]]
+        gram += part.T @ part
+        rhs += part.T @ data[rows][keep[rows]]
+    return gram, rhs
+
+
 def _robust_nnls(design: np.ndarray, data: np.ndarray, free: int) -> np.ndarray:
     """Least squares with all but the last ``free`` coefficients non-negative, clipping outliers.
 
-    Solved through the normal equations (Cholesky), so the size of the data barely matters.
+    Solved through the normal equations (Cholesky) of the unit-norm columns, so the size of the data
+    barely matters; each free coefficient is the difference of two non-negative ones.
     """
     n_coef = design.shape[1]
-    norm = np.sqrt(np.sum(design * design, axis=0))
+    norm = np.sqrt(np.einsum("ij,ij->j", design, design))
     scale = np.where(norm > 0, norm, 1.0)
-    x = design / scale
-    x_split = np.hstack([x, -x[:, n_coef - free :]]) if free else x
+    split = np.r_[np.arange(n_coef), np.arange(n_coef - free, n_coef)]
+    factor = np.where(np.arange(split.size) < n_coef, 1.0, -1.0) / scale[split]
     keep = np.isfinite(data)
-    coef = np.zeros(x_split.shape[1])
     for _ in range(3):
-        xk = x_split[keep]
-        gram = xk.T @ xk
-        gram += np.eye(gram.shape[0]) * 1e-9 * np.trace(gram)
+        gram, rhs = _normal_equations(design, data, keep)
+        gram = gram[np.ix_(split, split)] * np.outer(factor, factor)
+        gram += np.eye(split.size) * 1e-9 * np.trace(gram)
         chol = np.linalg.cholesky(gram)
-        rhs = np.linalg.solve(chol, xk.T @ data[keep])
-        coef, _ = nnls(chol.T, rhs, maxiter=50 * gram.shape[0])
-        residual = data - x_split @ coef
+        coef, _ = nnls(chol.T, np.linalg.solve(chol, rhs[split] * factor), maxiter=50 * split.size)
+        merged = coef[:n_coef].copy()
+        merged[n_coef - free :] -= coef[n_coef:]
+        merged /= scale
+        residual = data - design @ merged
         sigma = MAD_TO_SIGMA * float(np.median(np.abs(residual[keep] - np.median(residual[keep]))))
         new_keep = np.isfinite(data) & (np.abs(residual) <= CLIP_SIGMA * max(sigma, 1e-12))
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
-    merged = coef[:n_coef].copy()
-    if free:
-        merged[n_coef - free :] -= coef[n_coef:]
-    return merged / scale
+    return merged
 
 
 def _interpolate_across(positions: np.ndarray, levels: np.ndarray, n_a: int, degree: int) -> np.ndarray:
@@ -271,15 +333,21 @@ def _interpolate_across(positions: np.ndarray, levels: np.ndarray, n_a: int, deg
 
 
 def _to_rows(binned: np.ndarray, block: int, n_b: int) -> np.ndarray:
-    """Linear interpolation along B from block centres back to every row."""
+    """Linear interpolation along B from block centres back to every row, as float32, ``CHUNK_ROWS``
+    rows at a time so that no full-resolution float64 image is made."""
+    out = np.empty((n_b, binned.shape[1]), dtype=np.float32)
+    if binned.shape[0] == 1:
+        out[:] = binned
+        return out
     centres = (np.arange(binned.shape[0]) + 0.5) * block - 0.5
     rows = np.arange(n_b, dtype=np.float64)
-    if binned.shape[0] == 1:
-        return np.repeat(binned, n_b, axis=0)
     pos = np.clip(np.interp(rows, centres, np.arange(centres.size, dtype=np.float64)), 0, centres.size - 1)
     i0 = np.minimum(np.floor(pos).astype(np.int64), centres.size - 2)
     frac = (pos - i0)[:, None]
-    return binned[i0] * (1.0 - frac) + binned[i0 + 1] * frac
+    for start in range(0, n_b, CHUNK_ROWS):
+        part = slice(start, start + CHUNK_ROWS)
+        out[part] = binned[i0[part]] * (1.0 - frac[part]) + binned[i0[part] + 1] * frac[part]
+    return out
 
 
 @dataclass(frozen=True)
@@ -293,16 +361,21 @@ class _GapSamples:
     values: np.ndarray
 
 
-def _fitted_mask(data: np.ndarray, low: np.ndarray, up: np.ndarray, *, margin: float, outer: float) -> np.ndarray:
-    """Full-resolution map of the finite gap pixels the model is fitted to."""
-    n_b, n_a = data.shape
+def _fitted_mask(
+    flat: np.ndarray, mask: np.ndarray | None, low: np.ndarray, up: np.ndarray, *, margin: float, outer: float
+) -> np.ndarray:
+    """Full-resolution map of the finite, unmasked gap pixels the model is fitted to."""
+    n_b, n_a = flat.shape
     fitted = np.zeros((n_b, n_a), dtype=bool)
     gaps = _gaps(low, up, n_a, margin=margin, outer=outer)
     rows = np.arange(n_b)[:, None]
     for g in range(gaps.start.shape[0]):
         cols, used = _gap_columns(gaps.start[g], gaps.end[g], n_a)
         fitted[np.broadcast_to(rows, cols.shape)[used], cols[used]] = True
-    return fitted & np.isfinite(data)
+    fitted &= np.isfinite(flat)
+    if mask is not None:
+        fitted &= ~mask
+    return fitted
 
 
 def _order_light(binned: np.ndarray, low: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -380,12 +453,24 @@ def _smooth_levels(levels: np.ndarray, weights: np.ndarray, sigma: float) -> np.
 
 def _residual_statistics(data: np.ndarray, model: np.ndarray, fitted: np.ndarray) -> tuple[float, float]:
     """Median and MAD-based σ of data − model on the fitted pixels."""
-    residual = (data - model)[fitted]
+    residual = data[fitted] - model[fitted]
     residual = residual[np.isfinite(residual)]
     if residual.size == 0:
         return float("nan"), float("nan")
     centre = float(np.median(residual))
     return centre, MAD_TO_SIGMA * float(np.median(np.abs(residual - centre)))
+
+
+def _design(samples: _GapSamples, subset: np.ndarray, spill: _Spill) -> np.ndarray:
+    """Design matrix of the joint fit on the ``subset`` of the gap samples: PSF wings, spill, surface."""
+    n_rows, n_a = spill.shape
+    n_wing, n_spill = WING_BIN_EDGES.size - 1, len(SPILL_SIGMAS)
+    rows, cols = samples.rows[subset], samples.cols[subset]
+    design = np.empty((subset.size, n_wing + 2 * n_spill + (SURFACE_DEGREE + 1) ** 2))
+    design[:, :n_wing] = samples.wings[subset]
+    spill.at(rows, cols, design[:, n_wing : n_wing + 2 * n_spill])
+    design[:, n_wing + 2 * n_spill :] = _surface_basis(rows.astype(np.float64), cols.astype(np.float64), n_rows, n_a)
+    return design
 
 
 def fit_scattered_light(
@@ -404,18 +489,16 @@ def fit_scattered_light(
     ``margin`` (px) is kept free beside every order edge (default: :func:`default_margin`);
     ``mask_ba`` marks pixels to ignore; ``block`` rows are median-combined before fitting;
     ``outer_band`` (px) is the width used beyond the outermost orders. Without any usable gap
-    pixel the model is zero.
+    pixel the model is zero. Only the model and the map of fitted pixels are full-frame arrays: the
+    fit works on the binned image.
     """
-    data = np.asarray(flat_ba, dtype=np.float32).copy()
-    data[~np.isfinite(data)] = np.nan
-    if mask_ba is not None:
-        data[np.asarray(mask_ba, dtype=bool)] = np.nan
-    n_b, n_a = data.shape
+    flat = np.asarray(flat_ba, dtype=np.float32)
+    mask = None if mask_ba is None else np.asarray(mask_ba, dtype=bool)
+    n_b, n_a = flat.shape
     margin = default_margin(bounds) if margin is None else float(margin)
     low, up = _sorted_edges(bounds)
-    fitted = _fitted_mask(data, low, up, margin=margin, outer=outer_band)
 
-    binned = _bin_rows(data, block)
+    binned = _bin_rows(flat, mask, block)
     n_rows = binned.shape[0]
     low_b, up_b = _bin_geometry(low, block), _bin_geometry(up, block)
     gaps = _gaps(low_b, up_b, n_a, margin=margin, outer=outer_band)
@@ -425,7 +508,7 @@ def fit_scattered_light(
         zeros = np.zeros(n_wing), np.zeros((2, n_spill))
         return BackgroundModel(
             np.zeros((n_b, n_a), np.float32),
-            fitted,
+            _fitted_mask(flat, mask, low, up, margin=margin, outer=outer_band),
             float("nan"),
             float("nan"),
             zeros[0],
@@ -433,38 +516,41 @@ def fit_scattered_light(
             zeros[1],
             np.asarray(SPILL_SIGMAS),
         )
-    spill = _spill_features(_order_light(binned, low_b, up_b), SPILL_SIGMAS, block).reshape(2 * n_spill, n_rows, n_a)
+    spill = _Spill.of(_order_light(binned, low_b, up_b), block)
 
     subset = _fit_subset(samples.gap)
-    rows, cols = samples.rows[subset], samples.cols[subset]
-    surface = _surface_basis(rows.astype(np.float64), cols.astype(np.float64), n_rows, n_a)
-    design = np.hstack([samples.wings[subset], spill[:, rows, cols].T.astype(np.float64), surface])
-    coef = _robust_nnls(design, samples.values[subset], free=surface.shape[1])
-    wing_coef, spill_coef = coef[:n_wing], coef[n_wing : n_wing + 2 * n_spill]
+    coef = _robust_nnls(_design(samples, subset, spill), samples.values[subset], free=(SURFACE_DEGREE + 1) ** 2)
+    wing_coef, spill_coef = coef[:n_wing], coef[n_wing : n_wing + 2 * n_spill].reshape(2, n_spill)
     surface_coef = coef[n_wing + 2 * n_spill :].reshape(SURFACE_DEGREE + 1, SURFACE_DEGREE + 1)
     v = 2.0 * np.arange(n_rows) / max(n_rows - 1, 1) - 1.0
     u = 2.0 * np.arange(n_a) / max(n_a - 1, 1) - 1.0
-    extended = np.tensordot(spill_coef[:n_spill], spill[:n_spill], axes=1)
-    smooth_part = legendre.leggrid2d(v, u, surface_coef) + np.tensordot(spill_coef[n_spill:], spill[n_spill:], axes=1)
+    extended, spread = spill.weighted(spill_coef)
+    smooth_part = legendre.leggrid2d(v, u, surface_coef)
+    smooth_part += spread
+    del spread
 
-    residual = samples.values - samples.wings @ wing_coef - (smooth_part + extended)[samples.rows, samples.cols]
+    at_samples = smooth_part[samples.rows, samples.cols] + extended[samples.rows, samples.cols]
+    residual = samples.values - samples.wings @ wing_coef - at_samples
     levels, weights = _gap_medians(samples, residual, gaps.start.shape[0], n_rows)
     sigma_rows = gaussian_blur_sigma / block
     smoothed = _smooth_levels(levels, weights, sigma_rows)
     positions = 0.5 * (np.clip(np.ceil(gaps.start), 0, n_a - 1) + np.clip(np.floor(gaps.end), 0, n_a - 1))
     positions = np.where(np.floor(gaps.end) >= np.ceil(gaps.start), positions, np.nan)
-    residual_surface = np.nan_to_num(_interpolate_across(positions, smoothed, n_a, bspline_deg))
-    extended = local_linear_smooth(extended.T, np.ones((n_a, n_rows)), sigma_rows).T
-    model = _to_rows(smooth_part + extended + residual_surface, block, n_b).astype(np.float32)
+    smooth_part += local_linear_smooth(extended.T, np.ones((1, n_rows)), sigma_rows).T
+    del extended
+    smooth_part += np.nan_to_num(_interpolate_across(positions, smoothed, n_a, bspline_deg), copy=False)
+    model = _to_rows(smooth_part, block, n_b)
+    del smooth_part
 
-    centre, spread = _residual_statistics(data, model, fitted)
+    fitted = _fitted_mask(flat, mask, low, up, margin=margin, outer=outer_band)
+    centre, spread_sigma = _residual_statistics(flat, model, fitted)
     return BackgroundModel(
         model=model,
         fitted_pixels=fitted,
         residual_median=centre,
-        residual_sigma=spread,
+        residual_sigma=spread_sigma,
         wing_profile=wing_coef,
         wing_bin_edges=WING_BIN_EDGES.copy(),
-        spill_weights=spill_coef.reshape(2, n_spill),
+        spill_weights=spill_coef,
         spill_sigmas=np.asarray(SPILL_SIGMAS),
     )
