@@ -5,7 +5,7 @@ blaze and the slit illumination would swamp any global clip (which is why soxspi
 
 * **Expectation.** A running median along B (along the order) per column follows the blaze,
   vignetting and dust donuts and ignores single pixels, bad rows and small clusters. Away from the
-  edges a 3-px median across A then removes bad columns. Within ``EDGE_ZONE`` px of an edge the
+  edges a 5-px median across A then removes bad columns. Within ``EDGE_ZONE`` px of an edge the
   column's own median is used: the order's tilt sweeps a fixed column symmetrically through the
   slit profile, so the median of a monotonic edge is unbiased, while neighbouring columns are not.
 * **Noise.** Deviations are in units of σ, the larger of the local MAD scatter of flat/expectation
@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from typing import TypeVar
 import bottleneck as bn
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy.stats import norm
 
 from soxs_mflat.footprints import OrderBounds
 
@@ -46,6 +48,8 @@ HOT = np.uint8(2)
 LOW_SENSITIVITY = np.uint8(4)
 PARTIAL_EDGE = np.uint8(8)
 EDGE_ZONE = 2.0
+ACROSS_WIDTH = 5
+"""Columns of the median across the order that removes bad columns from the expectation."""
 """Pixels whose centre is closer than this (px) to an order edge are edge pixels."""
 MEDIAN_MASK_GROW = 3.0
 """Pixels (beyond the order edges, plus the tilt over half a window) that the running median may use."""
@@ -153,27 +157,17 @@ def _running_median(image: np.ndarray, window: int, axis: int, *, min_count: int
     return np.moveaxis(moved[2 * half :], 0, axis)
 
 
-def _median_of_three(image: np.ndarray) -> np.ndarray:
-    """``_running_median(image, 3, 1, min_count=1)`` in a few array operations: the median of each
-    pixel and its neighbours across A (the ends reflected), or with one of them NaN the mean of the
-    other two, or with two NaN the one left."""
-    if image.shape[1] < 2:
+def _median_across(image: np.ndarray, width: int = ACROSS_WIDTH) -> np.ndarray:
+    """NaN-ignoring median of each pixel and its neighbours across A over ``width`` columns (ends
+    reflected). Five columns reject two bad columns inside the window, which three cannot."""
+    half = width // 2
+    if image.shape[1] <= half:
         return image.copy()
-    left = np.empty_like(image)
-    right = np.empty_like(image)
-    left[:, 1:], left[:, 0] = image[:, :-1], image[:, 1]
-    right[:, :-1], right[:, -1] = image[:, 1:], image[:, -2]
-    centre_missing = np.isnan(image)
-    missing = np.isnan(left).view(np.uint8) + np.isnan(right).view(np.uint8)
-    missing += centre_missing.view(np.uint8)
-    low = np.fmin(left, right)
-    high = np.fmax(left, right, out=right)
-    pair = np.where(centre_missing, low + high, image + low)
-    pair *= np.float32(0.5)
-    np.fmin(high, image, out=high)
-    np.fmax(low, high, out=low)
-    np.copyto(low, pair, where=missing == 1)
-    return low
+    padded = np.pad(image, ((0, 0), (half, half)), mode="reflect")
+    shifted = np.stack([padded[:, k : k + image.shape[1]] for k in range(width)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return bn.nanmedian(shifted, axis=0).astype(image.dtype, copy=False)
 
 
 def _end_level(data: np.ndarray) -> np.ndarray:
@@ -203,7 +197,7 @@ def _expectation_tile(
     ``support`` (at the ends of the frame they are)."""
     along = _running_median(data, window, 0, min_count=max(window // 3, 1), odd=True)
     centre = along[inner]
-    expected = np.where(zone, centre, _median_of_three(centre))
+    expected = np.where(zone, centre, _median_across(centre))
     slope_a = _slope(centre, axis=1)
     slope_a *= EDGE_JITTER
     missing = np.float32(window) - _window_count(support, window, inner)
@@ -229,7 +223,7 @@ def local_expectation(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Local model of an image over ``support`` pixels, and its uncertainty (same units) at the edges.
 
-    Running median along B (``window`` rows), then a 3-px median across A except within
+    Running median along B (``window`` rows), then a 5-px median across A except within
     ``EDGE_ZONE`` px of an edge, where the slit profile is too steep for neighbouring columns to
     stand in for each other. The uncertainty is the profile's relative slope across A times
     ``EDGE_JITTER``, plus, in the rows next to the ends of the detector where the window is
@@ -332,6 +326,29 @@ def _hot_in_frame(
             hot[rows] |= (excess[rows] > sigma) | (zone_of(rows) & (column[index // COLUMN_BLOCK] > sigma))
 
     _for_each(test, _tiles(n_b))
+
+
+def _without_line_structure(bias: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A bias frame minus the median of each row and then of each column (float32).
+
+    Row and column offsets are fixed-pattern bias structure that bias subtraction removes exactly;
+    left in, a column a few e⁻ above its neighbours would read as a hot column.
+    """
+    clean = np.where(mask, np.nan, bias).astype(np.float32)
+    clean -= bn.nanmedian(clean, axis=1)[:, None]
+    clean -= bn.nanmedian(clean, axis=0)[None, :]
+    return clean
+
+
+def _false_alarm_sigma(n_pixels: int, *, expected_false: float = 0.1) -> float:
+    """One-sided Gaussian threshold (σ) with ``expected_false`` false alarms over ``n_pixels``.
+
+    A dark or bias frame is searched pixel by pixel over the whole detector: at 5σ a 4-Mpixel frame
+    already expects one pure-noise detection, so the threshold grows with the number of pixels.
+    Bias frames carry no order structure, so no edge zone applies to them (a fixed-pattern column
+    offset is removed by the bias subtraction and is not a hot column).
+    """
+    return float(norm.isf(expected_false / max(n_pixels, 1)))
 
 
 def hot_in_frame(
@@ -669,9 +686,14 @@ def find_bad_pixels(
     regions = _regions(bounds, shape, grow=MEDIAN_MASK_GROW + sweep)
 
     hot_frames = np.zeros(shape, dtype=bool)
-    for frame, err in ((dark_ba, dark_err_ba), (bias_ba, bias_err_ba)):
-        if frame is not None:
-            _hot_in_frame(frame, hot_frames, lambda rows: regions[rows] <= EDGE, hot_sigma=hot_sigma, err=err, mask=input_mask)
+    frame_sigma = max(hot_sigma, _false_alarm_sigma(flat.size))
+    if dark_ba is not None:
+        _hot_in_frame(dark_ba, hot_frames, lambda rows: regions[rows] <= EDGE, hot_sigma=frame_sigma, err=dark_err_ba,
+                      mask=input_mask)
+    if bias_ba is not None:
+        no_edge_zone = lambda rows: np.zeros((rows.stop - rows.start, shape[1]), dtype=bool)  # noqa: E731
+        _hot_in_frame(_without_line_structure(bias_ba, input_mask), hot_frames, no_edge_zone,
+                      hot_sigma=frame_sigma, err=bias_err_ba, mask=input_mask)
 
     view = _FlatView(flat, np.asarray(errs_ba, dtype=np.float32), input_mask, regions, np.empty(shape, np.float32), bounds)
     model_error = _expect_flat(view, window)

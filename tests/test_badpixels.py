@@ -174,17 +174,36 @@ def test_hot_pixels_in_a_dark_or_bias_frame() -> None:
     dark[hot] += np.exp(rng.uniform(np.log(25.0), np.log(3000.0), hot.sum()))
     dark[:, 100] += 500.0
     inside = scene.labels > 0
+    hot_column = np.zeros_like(hot)
+    hot_column[:, 100] = True
     frames = {"dark_ba": dark.astype(np.float32)}, {"bias_ba": dark.astype(np.float32), "bias_err_ba": np.full(dark.shape, 4.0)}
     for frame in frames:
         result = find_bad_pixels(scene.flat, scene.errs, scene.bounds, **DEFAULTS, **frame)
         flagged = result.kind(HOT)
         assert np.mean(flagged[hot & inside]) >= 0.99
-        assert np.all(flagged[:, 100][inside[:, 100]])
         assert not np.any(flagged & ~inside)
-        hot_column = np.zeros_like(hot)
-        hot_column[:, 100] = True
         assert np.count_nonzero(flagged & ~hot & ~hot_column) <= 0.01 * np.count_nonzero(flagged)
+        column_flagged = flagged[:, 100][inside[:, 100] & ~hot[:, 100]]
+        if "dark_ba" in frame:
+            assert np.all(column_flagged)
+        else:
+            assert not np.any(column_flagged), "a column offset in a master bias is bias structure, not a hot column"
     assert hot_in_frame(dark, hot_sigma=5.0)[hot].mean() >= 0.99
+
+
+def test_two_bad_columns_close_together_are_both_found() -> None:
+    scene = make_defect_scene(fraction=0.0)
+    flat = scene.flat.copy()
+    inside = scene.labels > 0
+    columns = (200, 202)
+    flat[:, columns[0]] *= 0.7
+    flat[:, columns[1]] *= 0.01
+    result = find_bad_pixels(flat, scene.errs, scene.bounds, **DEFAULTS)
+    for column, recall in zip(columns, (0.95, 0.99), strict=True):
+        rows = inside[:, column]
+        assert np.mean(result.mask[rows, column]) >= recall
+    neighbour = inside[:, 201]
+    assert np.mean(result.mask[neighbour, 201]) <= 0.01
 
 
 def test_partly_illuminated_edge_pixels_only_at_the_edges() -> None:

@@ -96,7 +96,11 @@ def test_products_layout(reduced) -> None:
     assert log[-1].startswith("Recipe Command: soxspipe -x mflat ")
     qc_dir = products.parents[1] / "qc" / "soxs_mflat"
     assert (qc_dir / f"{stem}_ORD_LOC.pdf").stat().st_size > 10_000
-    assert (qc_dir / f"{stem}_BKGROUND.pdf").stat().st_size > 10_000
+    lamps = ("_DLAMP", "_QLAMP") if arm == "UVB" else ("",)
+    for lamp in lamps:
+        assert (qc_dir / f"{stem}_BKGROUND{lamp}.pdf").stat().st_size > 10_000
+        assert (products / f"{stem}_BKGROUND{lamp}.fits").exists()
+        assert (products / f"{stem}{lamp}.fits").exists()
 
 
 def test_rerun_refused_without_overwrite(reduced, capsys) -> None:
