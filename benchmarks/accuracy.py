@@ -3,7 +3,8 @@
 Simulates each set, reduces it with each tool in a fresh folder, scores the products and prints a
 markdown table (also written to ``<output>/accuracy.md`` and ``accuracy.json``). soxspipe runs from
 ``.venv-soxspipe`` with its own default settings carrying our ``soxs-mflat`` values, in a folder that
-holds that file as ``soxspipe.yaml`` (see docs/simulator.md).
+holds that file as ``soxspipe.yaml``, from the set's folder (soxspipe resolves SOF paths against the
+current directory).
 
 Usage: python benchmarks/accuracy.py [--sets soxs:NIR:1x1,...] [--output DIR] [--seed N]
 """
@@ -48,7 +49,7 @@ def reduce(tool: Path, sof: Path, settings: Path, folder: Path) -> bool:
         soxspipe_settings(settings, local)
     else:
         shutil.copy(settings, local)
-    subprocess.run([str(tool), "mflat", str(sof), "-o", str(folder), "-s", str(local), "-x"], cwd=folder,
+    subprocess.run([str(tool), "mflat", str(sof), "-o", str(folder), "-s", str(local), "-x"], cwd=sof.parent,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     return any(folder.rglob("*.fits"))
 

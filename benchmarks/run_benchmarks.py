@@ -52,7 +52,7 @@ def run_tool(tool: Path, sof: Path, settings: Path, out: Path, runs: int) -> lis
         else:
             shutil.copy(settings, target / "soxspipe.yaml")
         command = [str(tool), "mflat", str(sof), "-o", str(target), "-s", str(target / "soxspipe.yaml"), "-x"]
-        results.append(measure(command, cwd=target))
+        results.append(measure(command, cwd=sof.parent))
     return results
 
 
@@ -81,7 +81,7 @@ def main() -> int:
                 "median_peak_mb": statistics.median(r[1] for r in ok) if ok else None,
                 "all_seconds": [round(r[0], 2) for r in runs],
             }
-        if "soxspipe" in row and row["soxs_mflat"]["median_seconds"]:
+        if row.get("soxspipe", {}).get("median_seconds") and row["soxs_mflat"]["median_seconds"]:
             row["speedup"] = row["soxspipe"]["median_seconds"] / row["soxs_mflat"]["median_seconds"]
             row["memory_ratio"] = row["soxs_mflat"]["median_peak_mb"] / row["soxspipe"]["median_peak_mb"]
         report[f"{instrument} {arm}"] = row

@@ -61,6 +61,13 @@ MIN_POINTS_PER_COEFF = 2
 """A fit needs at least this many points per coefficient."""
 MIN_CLIP_SCALE = 0.01
 """Floor (frame px) of the robust residual scale, so that near-noiseless data are not clipped to numerical noise."""
+PLATEAU_FRACTION = 0.65
+"""Fraction of the slice span above which a pixel counts as on the in-order plateau."""
+DEFECT_SIGMA = 4.0
+"""A plateau pixel this many times the slice's pixel-to-pixel scatter below (above) both of its
+neighbours is treated as a pixel defect in a slice."""
+DEFECT_FLOOR = 0.01
+"""...and at least this fraction of the span (for nearly noiseless slices)."""
 MAD_TO_SIGMA = 1.4826
 
 
@@ -284,6 +291,34 @@ def _upper_edges(
     return np.where(flag == SliceFlag.OK, edge, np.nan), flag
 
 
+def _repair_plateau_defects(profiles: np.ndarray, floor: np.ndarray, span: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Replace single-pixel dips (bumps) on the in-order plateau by their higher (lower) neighbour.
+
+    A bad column (dead, low-sensitivity, hot) a pixel or two inside an order edge survives the
+    median across the slice width, because it sits at the same place in every row of the slice;
+    in the flux-sum edge measurement it reads as missing (or extra) light and moves the edge by up
+    to a few tenths of a pixel over the whole stretch of the order where the edge runs past it.
+    Only pixels whose two neighbours are both on the plateau (above ``PLATEAU_FRACTION`` of the
+    span) are touched, so the slopes of the edges and narrow inter-order gaps are left alone. Dips
+    are repaired first, so a good pixel next to a dip is not taken for a bump.
+    """
+    plateau = (floor + PLATEAU_FRACTION * span)[:, None]
+    margin = np.fmax(DEFECT_FLOOR * span, DEFECT_SIGMA * noise)[:, None]
+    repaired = profiles.copy()
+    for sign in (1.0, -1.0):
+        left, middle, right = repaired[:, :-2], repaired[:, 1:-1], repaired[:, 2:]
+        with np.errstate(invalid="ignore"):
+            on_plateau = np.fmin(left, right) >= plateau
+            if sign > 0:
+                neighbour = np.fmax(left, right)
+                defect = on_plateau & (middle < np.fmin(left, right) - margin)
+            else:
+                neighbour = np.fmin(left, right)
+                defect = on_plateau & (middle > np.fmax(left, right) + margin)
+        repaired[:, 1:-1] = np.where(defect, neighbour, middle)
+    return repaired
+
+
 def measure_slice_edges(
     profiles: np.ndarray,
     *,
@@ -323,6 +358,7 @@ def measure_slice_edges(
     noise = MAD_TO_SIGMA / np.sqrt(2.0) * bn.nanmedian(np.abs(np.diff(core, axis=1)), axis=1)
     floor = _row_quantile(profiles, FLOOR_QUANTILE)
     span = level - floor
+    profiles = _repair_plateau_defects(profiles, floor, span, noise)
     fractions = np.linspace(min_threshold_pct, max_threshold_pct, THRESHOLD_STEPS) / 100.0
 
     up, flag_up = _upper_edges(profiles, off, centre_index, floor, span, noise, fractions)
