@@ -387,3 +387,21 @@ def test_slice_just_longer_than_the_order_is_enough() -> None:
 
     assert detections.rejection_summary() == "none"
     _assert_accurate(_edge_errors(syn, fit))
+
+
+def test_bad_column_running_just_inside_an_edge_does_not_bias_it() -> None:
+    """A low-sensitivity column that the (curved) lower edge of an order runs past, 1–3 px inside it."""
+    syn = synthetic_flat(noise=0.003, curvature=2e-5)
+    image = syn.image.copy()
+    k = 2
+    column = int(np.round(np.median(syn.low[k]) + 2.0))
+    image[:, column] *= 0.7
+    inside = np.abs(syn.low[k] + 2.0 - column) < 1.5
+    assert inside.sum() > 100, "the edge must run past the column over a long stretch"
+    detections = detect_edges(image, syn.centre_table, slice_length=60, slice_width=5, min_threshold_pct=20,
+                              max_threshold_pct=50)
+    fit = fit_edges(detections, order_deg=3, disp_axis_deg=3, clipping_sigma=5, clipping_iterations=2)
+    b = np.arange(image.shape[0], dtype=np.float64)
+    error = np.abs(fit.edge_low(syn.orders[k], b) - syn.low[k])
+    assert np.max(error[inside]) <= 0.1
+    _assert_accurate(_edge_errors(syn, fit))
