@@ -39,7 +39,7 @@ from soxs_mflat.footprints import OrderBounds
 
 MAD_TO_SIGMA = 1.4826
 WING_BIN_EDGES = np.array([0.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0])
-SPILL_SIGMAS = (8.0, 11.0, 16.0, 23.0, 32.0, 45.0, 64.0, 90.0, 128.0, 181.0, 256.0)
+SPILL_SIGMAS = (4.0, 5.7, 8.0, 11.0, 16.0, 23.0, 32.0, 45.0, 64.0, 90.0, 128.0, 181.0, 256.0)
 SURFACE_DEGREE = 2
 CLIP_SIGMA = 5.0
 MAX_FIT_SAMPLES = 60_000

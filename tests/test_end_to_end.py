@@ -61,6 +61,12 @@ def test_flat_field_at_photon_noise(reduced) -> None:
     assert result["outlier_fraction_5sigma"] <= 1e-4, (name, result["outlier_fraction_5sigma"])
 
 
+def test_background_matches_the_true_scattered_light(reduced) -> None:
+    name, _, result, _ = reduced
+    assert result["background_residual_median_rel"] <= 0.05, (name, result["background_residual_median_rel"])
+    assert result["background_fraction_outside_tolerance"] <= 1e-3, (name, result["background_fraction_outside_tolerance"])
+
+
 def test_bad_pixel_mask(reduced) -> None:
     name, _, result, _ = reduced
     recall = result["mask_recall"]

@@ -224,7 +224,50 @@ def _score_flat(truth: Truth, flat_path: Path, *, include_scattered_light: bool,
         "outlier_fraction_5sigma": float(np.mean(np.abs(ratio) > 5.0 * noise[usable])) if ratio.size else None,
     }
     result.update(_score_mask(qual, in_order, defects, detectable_hot=_detectable_hot(truth, defects["hot"])))
+    background_path = _background_product(flat_path)
+    if background_path is not None:
+        scatter = _scatter_reference(truth, order_map, lamp_by_order)
+        result.update(_score_background(background_path, scale * scatter, noise * model, usable))
     return result
+
+
+def _background_product(flat_path: Path) -> Path | None:
+    """The ``<stem>_BKGROUND.fits`` written next to a master flat, if any."""
+    candidate = flat_path.with_name(f"{flat_path.stem}_BKGROUND.fits")
+    return candidate if candidate.exists() else None
+
+
+def _scatter_reference(truth: Truth, order_map: np.ndarray, lamp_by_order: dict[str, str]) -> np.ndarray:
+    """True scattered light under each order (of the lamp each order was scored against)."""
+    planes = truth.lamp_planes()
+    if not planes:
+        return truth.image(SCATTER)
+    scatter = np.zeros(order_map.shape)
+    for order, lamp in lamp_by_order.items():
+        pixels = order_map == int(order)
+        scatter[pixels] = planes[lamp]["scatter"][pixels]
+    return scatter
+
+
+def _score_background(path: Path, expected: np.ndarray, noise: np.ndarray, usable: np.ndarray) -> dict:
+    """How well the subtracted background matches the true scattered light inside the orders.
+
+    ``expected`` is the truth in the product's units; a pixel is within tolerance when the model is
+    within 10 % of the true scattered light or within the flat's own 1σ noise there.
+    """
+    with fits.open(path) as hdul:
+        model = np.asarray(hdul[0].data, dtype=np.float64)
+    if model.shape != expected.shape:
+        return {"background_problem": f"background shape {model.shape} is not {expected.shape}"}
+    residual = np.abs(model[usable] - expected[usable])
+    tolerance = np.fmax(0.1 * expected[usable], noise[usable])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = residual / expected[usable]
+    return {
+        "background_residual_median_rel": float(np.nanmedian(relative)),
+        "background_residual_p99_rel": float(np.nanpercentile(relative, 99)),
+        "background_fraction_outside_tolerance": float(np.mean(residual > tolerance)),
+    }
 
 
 def _reference(
