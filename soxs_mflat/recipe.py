@@ -375,7 +375,7 @@ class MasterFlatRecipe:
             model = fitted.model
             flat = combined.data - model
             figures["BKGROUND"] = plots.plot_background(combined.data, fitted, fitted_axis=fitted_axis,
-                                                        title=f"{inputs.arm}{tag} scattered light")
+                                                        title=f"{inputs.arm}{tag}")
         data, mask, counts = self._flag_and_fill(flat, combined.uncertainty, combined.mask, bounds, arm, inputs,
                                                  bias, darks, dark_index)
         qc = self._lamp_qc(first_levels.ordexp, fit, counts, lamp_set, inputs, arm)
