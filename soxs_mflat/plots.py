@@ -186,7 +186,7 @@ def plot_background(flat_ba: np.ndarray, model: BackgroundModel, *, fitted_axis:
     model on the fitted pixels (symmetric scale) with the residual statistics. Bottom right: a cut
     across the orders through the middle of the dispersion axis — data, model, fitted pixels.
     """
-    flat_ba = np.asarray(flat_ba, dtype=np.float64)
+    flat_ba = np.asarray(flat_ba, dtype=np.float32)
     n_b = flat_ba.shape[0]
     middle = n_b // 2
 

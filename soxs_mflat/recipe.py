@@ -298,6 +298,7 @@ class MasterFlatRecipe:
             data[mask | ~np.isfinite(data)] = np.nan
             cube[i] = data
             noise.append(model)
+            del prepared, data, mask
         all_masked = np.all(np.isnan(cube), axis=0)
 
         centres = read_order_table(lamp_set.order_table.path)
