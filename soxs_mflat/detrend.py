@@ -46,9 +46,20 @@ class NoiseModel:
     own_variance: np.ndarray | float = 0.0
     common_variance: np.ndarray | float = 0.0
 
-    def variance(self, data: np.ndarray) -> np.ndarray:
-        """Variance (e⁻²) of the frame's own noise at ``data`` (excluding ``common_variance``)."""
-        return np.maximum(data + self.photon_pedestal, 0) + np.float32(self.ron**2) + self.own_variance
+    def variance(self, data: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        """Variance (e⁻²) of the frame's own noise (excluding ``common_variance``) where its rows
+        ``rows`` hold ``data``."""
+        pedestal = _rows(self.photon_pedestal, rows)
+        return np.maximum(data + pedestal, 0) + np.float32(self.ron**2) + _rows(self.own_variance, rows)
+
+    def common(self, rows: slice = slice(None)) -> np.ndarray | float:
+        """The variance shared by every flat, on rows ``rows``."""
+        return _rows(self.common_variance, rows)
+
+
+def _rows(value: np.ndarray | float, rows: slice) -> np.ndarray | float:
+    """Rows ``rows`` of a per-pixel array; a scalar as it is."""
+    return value[rows] if isinstance(value, np.ndarray) and value.ndim == 2 else value
 
 
 def subtract_bias(

@@ -25,6 +25,11 @@ def from_ba(image: np.ndarray, fitted_axis: str) -> np.ndarray:
     return image if fitted_axis == "x" else image.T
 
 
+def shape_ba(shape: tuple[int, int], fitted_axis: str) -> tuple[int, int]:
+    """Shape of an image of frame shape ``shape`` in BA orientation."""
+    return shape if fitted_axis == "x" else (shape[1], shape[0])
+
+
 def frame_binning_ab(binning_xy: tuple[int, int], fitted_axis: str) -> tuple[int, int]:
     """(A binning, B binning) from the frame's (binx, biny)."""
     binx, biny = binning_xy

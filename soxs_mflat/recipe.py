@@ -19,7 +19,7 @@ from astropy.io import fits
 from soxs_mflat import background, badpixels, edges, plots, stitching
 from soxs_mflat.detrend import Calibration, NoiseModel, dark_scale, nearest_in_time, subtract_bias, subtract_dark
 from soxs_mflat.errors import UserInputError
-from soxs_mflat.footprints import OrderBounds, frame_binning_ab, from_ba, order_bounds, order_labels, to_ba
+from soxs_mflat.footprints import OrderBounds, frame_binning_ab, from_ba, order_bounds, order_labels, shape_ba, to_ba
 from soxs_mflat.frames import (
     FrameFile,
     Prepared,
@@ -140,9 +140,8 @@ class MasterFlatRecipe:
     def _verified_inputs(self) -> tuple[VerifiedInputs, Settings]:
         requested = peek_instrument(self.settings_file)
         data_extension = 0
-        if self.settings_file is not None:
-            probe = load_settings(instrument=requested or "soxs", user_file=self.settings_file) if requested else None
-            data_extension = probe.data_extension if probe else 0
+        if requested is not None:
+            data_extension = load_settings(instrument=requested, user_file=self.settings_file).data_extension
         frames = [read_frame_file(item, data_extension=data_extension) for item in self.input_set.files]
         instrument, arm = identify_instrument_and_arm(frames)
         root = str(self.output_dir) if self.output_dir is not None else None
@@ -161,10 +160,10 @@ class MasterFlatRecipe:
 
     def _paths(self, inputs: VerifiedInputs, settings: Settings) -> ProductPaths:
         sof = self.input_set.sof
-        first_mjd = min(float(f.header[inputs.keywords.mjd_obs]) for s in inputs.lamp_sets for f in s.flats)
         if sof is not None:
             stem = sof.stem
         else:
+            first_mjd = min(float(f.header[inputs.keywords.mjd_obs]) for s in inputs.lamp_sets for f in s.flats)
             stem = f"soxs-mflat_{inputs.arm}_{night_from_mjd(first_mjd)}"
         if sof is not None and night_from_sof_name(sof.name) is None:
             LOGGER.info("SOF name %s does not start with YYYYMMDDTHHMMSS; products are named after it anyway", sof.name)
@@ -181,8 +180,7 @@ class MasterFlatRecipe:
                 "Rerun with -x to overwrite them, or choose another output directory with -o."
             )
 
-    def _prepare(self, frame: FrameFile, inputs: VerifiedInputs, static_mask: np.ndarray | None, *,
-                 is_bias: bool = False) -> Prepared:
+    def _prepare(self, frame: FrameFile, inputs: VerifiedInputs, static_mask: np.ndarray | None) -> Prepared:
         if frame.is_prepared:
             prepared = read_prepared(frame.path)
             expected = inputs.detector.prepared_shape(*inputs.binning)
@@ -198,7 +196,6 @@ class MasterFlatRecipe:
             binning=inputs.binning,
             gain=inputs.gain,
             ron=inputs.ron,
-            is_bias=is_bias,
             static_mask=static_mask,
         )
         return Prepared(data, uncertainty, mask, frame.header, frame.path)
@@ -243,9 +240,8 @@ class MasterFlatRecipe:
         Each frame is prepared straight into the stack (masked pixels as NaN), so only one prepared
         frame is in memory besides the stack.
         """
-        shape = inputs.detector.prepared_shape(*inputs.binning)
-        shape_ba = shape if fitted_axis == "x" else shape[::-1]
-        cube = np.empty((len(inputs.darks), *shape_ba), dtype=np.float32)
+        shape = shape_ba(inputs.detector.prepared_shape(*inputs.binning), fitted_axis)
+        cube = np.empty((len(inputs.darks), *shape), dtype=np.float32)
         exptimes = []
         for i, frame in enumerate(inputs.darks):
             prepared = self._prepare(frame, inputs, static_mask)
@@ -265,7 +261,7 @@ class MasterFlatRecipe:
         fitted_axis = detector.fitted_axis
         binning_ab = frame_binning_ab(inputs.binning, fitted_axis)
         shape = detector.prepared_shape(*inputs.binning)
-        shape_ba = shape if fitted_axis == "x" else shape[::-1]
+        frame_ba = shape_ba(shape, fitted_axis)
         tag = f" [{lamp_set.lamp}]" if lamp_set.lamp else ""
         static_mask = read_bad_pixel_map(inputs.bad_pixel_map.path, shape) if inputs.bad_pixel_map else None
 
@@ -283,7 +279,7 @@ class MasterFlatRecipe:
             darks, dark_index, shared_dark = self._darks(inputs, lamp_set, static_mask, fitted_axis, settings)
             darks = [dark.scaled(dark_scale(instrument=inputs.instrument, flat_exptime=lamp_set.exptime,
                                             dark_exptime=dark.exptime)) for dark in darks]
-        cube = np.empty((len(lamp_set.flats), *shape_ba), dtype=np.float32)
+        cube = np.empty((len(lamp_set.flats), *frame_ba), dtype=np.float32)
         noise: list[NoiseModel] = []
         for i, frame in enumerate(lamp_set.flats):
             prepared = self._prepare(frame, inputs, static_mask)
@@ -307,9 +303,9 @@ class MasterFlatRecipe:
                 f"The order-centre table {lamp_set.order_table.path} traces the orders along {centres.along_axis}, but "
                 f"{inputs.arm} orders run along {'y' if fitted_axis == 'x' else 'x'}. Give the table made for this arm."
             )
-        centre_bounds = order_bounds(centres, shape_ba, binning_ab, half_width=0.0, limits_binned=False)
+        centre_bounds = order_bounds(centres, frame_ba, binning_ab, half_width=0.0, limits_binned=False)
         half_width = max(1, arm.centre_order_window // 2 // binning_ab[0])
-        band = centre_band_mask(shape_ba, centre_bounds.centre, centre_bounds.valid, half_width)
+        band = centre_band_mask(frame_ba, centre_bounds.centre, centre_bounds.valid, half_width)
         first_levels = measure_levels(cube, band)
         if not np.all(np.isfinite(first_levels.levels) & (first_levels.levels > 0)):
             bad = [f.path.name for f, level in zip(lamp_set.flats, first_levels.levels, strict=True)
@@ -348,19 +344,9 @@ class MasterFlatRecipe:
             mask_ba=combined.mask,
             min_order=13 if jh else None,
         )
-        limit = arm.qc_limit("X RES SD")
-        fit = edges.fit_edges(
-            detections,
-            order_deg=arm.order_deg,
-            disp_axis_deg=arm.disp_axis_deg,
-            clipping_sigma=arm.poly_fitting_residual_clipping_sigma,
-            clipping_iterations=arm.poly_clipping_iteration_limit,
-            binning_ab=binning_ab,
-            max_residual_sd=None if limit is None else limit[1],
-            log=LOGGER.info,
-        )
-        table = edges.order_location_table(centres, fit, detections, shape_ba=shape_ba, binning_ab=binning_ab)
-        bounds = order_bounds(table, shape_ba, binning_ab)
+        fit = _fit_edges(detections, arm, binning_ab)
+        table = edges.order_location_table(centres, fit, detections, shape_ba=frame_ba, binning_ab=binning_ab)
+        bounds = order_bounds(table, frame_ba, binning_ab)
         figures: dict[str, object] = {
             "ORD_LOC": plots.plot_order_locations(combined.data, detections, fit, table, binning_ab=binning_ab,
                                                   fitted_axis=fitted_axis, title=f"{inputs.arm}{tag} order edges")
@@ -377,17 +363,19 @@ class MasterFlatRecipe:
             flat = combined.data - model
             figures["BKGROUND"] = plots.plot_background(combined.data, fitted, fitted_axis=fitted_axis,
                                                         title=f"{inputs.arm}{tag}")
-        data, mask, counts = self._flag_and_fill(flat, combined.uncertainty, combined.mask, bounds, arm, inputs,
-                                                 bias, darks, dark_index)
+        shared = darks[dark_index[0]] if shared_dark else None
+        data, mask, counts = self._flag_and_fill(flat, combined.uncertainty, combined.mask, bounds, arm, bias=bias,
+                                                 dark=shared)
         qc = self._lamp_qc(first_levels.ordexp, fit, counts, lamp_set, inputs, arm)
         header = lamp_set.flats[0].header
         return LampResult(lamp_set.lamp, data, combined.uncertainty, mask, table, centres, model, qc, header, detections,
                           figures)
 
     def _flag_and_fill(self, flat: np.ndarray, uncertainty: np.ndarray, input_mask: np.ndarray, bounds: OrderBounds,
-                       arm: ArmSettings, inputs: VerifiedInputs, bias: Calibration | None,
-                       darks: list[Calibration], dark_index: list[int]) -> tuple[np.ndarray, np.ndarray, dict]:
-        dark = darks[0] if darks and len(set(dark_index)) == 1 else None
+                       arm: ArmSettings, *, bias: Calibration | None,
+                       dark: Calibration | None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Flag bad pixels (``dark``: the one dark shared by every flat, searched for hot pixels) and set
+        the inter-order FLUX to 1.0."""
         bad = badpixels.find_bad_pixels(
             flat,
             uncertainty,
@@ -444,10 +432,10 @@ class MasterFlatRecipe:
         qth = next(r for r in results if r.lamp == "QLAMP")
         fitted_axis = inputs.detector.fitted_axis
         binning_ab = frame_binning_ab(inputs.binning, fitted_axis)
-        shape_ba = qth.data.shape
+        frame_ba = qth.data.shape
         d2_lamp = (np.where(d2.mask, np.nan, d2.data), d2.uncertainty, d2.mask)
         q_lamp = (np.where(qth.mask, np.nan, qth.data), qth.uncertainty, qth.mask)
-        lamp_bounds = order_bounds(qth.table, shape_ba, binning_ab)
+        lamp_bounds = order_bounds(qth.table, frame_ba, binning_ab)
         try:
             from_d2 = stitching.choose_lamps(d2_lamp, q_lamp, lamp_bounds)
         except ValueError as error:
@@ -459,19 +447,15 @@ class MasterFlatRecipe:
         LOGGER.info("Fitting the order edges of the stitched flat: D2 measurements for orders %s, QTH for the rest",
                     sorted(d2_orders))
         detections = stitching.merge_detections(d2.detections, qth.detections, d2_orders)
-        limit = arm.qc_limit("X RES SD")
-        fit = edges.fit_edges(detections, order_deg=arm.order_deg, disp_axis_deg=arm.disp_axis_deg,
-                              clipping_sigma=arm.poly_fitting_residual_clipping_sigma,
-                              clipping_iterations=arm.poly_clipping_iteration_limit, binning_ab=binning_ab,
-                              max_residual_sd=None if limit is None else limit[1], log=LOGGER.info)
-        table = edges.order_location_table(qth.centres, fit, detections, shape_ba=shape_ba, binning_ab=binning_ab)
-        bounds = order_bounds(table, shape_ba, binning_ab)
+        fit = _fit_edges(detections, arm, binning_ab)
+        table = edges.order_location_table(qth.centres, fit, detections, shape_ba=frame_ba, binning_ab=binning_ab)
+        bounds = order_bounds(table, frame_ba, binning_ab)
         stitched = stitching.stitch_lamps(d2_lamp, q_lamp, bounds, np.isin(bounds.orders, list(d2_orders)),
                                           scale_d2_to_qth=arm.scale_d2_to_qth)
         LOGGER.info("Stitched: D2 orders %s, boundary between orders %s, D2 flat divided by %.4f", stitched.d2_orders,
                     stitched.boundary_orders, stitched.scale)
         data, mask, counts = self._flag_and_fill(stitched.data, stitched.uncertainty, stitched.mask, bounds,
-                                                 arm, inputs, None, [], [])
+                                                 arm, bias=None, dark=None)
         all_flats = LampSet("", tuple(f for s in inputs.lamp_sets for f in s.flats),
                             inputs.lamp_sets[-1].order_table, inputs.lamp_sets[-1].exptime)
         ordexp = tuple(float(r.value) for r in qth.qc if r.name.startswith("ORDEXP"))
@@ -548,6 +532,21 @@ class MasterFlatRecipe:
         text += f"Recipe Run Time: {time.monotonic() - started:.1f}s\n"
         text += f"Recipe Command: {self.command}\n"
         write_text(text, path)
+
+
+def _fit_edges(detections: edges.EdgeDetections, arm: ArmSettings, binning_ab: tuple[int, int]) -> edges.EdgeFit:
+    """The global edge fits with the arm's degrees and clipping, failing over the X RES SD limit."""
+    limit = arm.qc_limit("X RES SD")
+    return edges.fit_edges(
+        detections,
+        order_deg=arm.order_deg,
+        disp_axis_deg=arm.disp_axis_deg,
+        clipping_sigma=arm.poly_fitting_residual_clipping_sigma,
+        clipping_iterations=arm.poly_clipping_iteration_limit,
+        binning_ab=binning_ab,
+        max_residual_sd=None if limit is None else limit[1],
+        log=LOGGER.info,
+    )
 
 
 def qc_csv(rows: list[QCRow], *, obs_date: str) -> str:

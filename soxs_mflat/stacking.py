@@ -134,7 +134,7 @@ def sigma_clipped_stack(
         values = cube[:, rows, :].copy()
         own_variance = np.stack(
             [
-                model_variance(noise[i], values[i] * np.float32(levels[i]), rows) * inverse_levels[i] ** 2
+                noise[i].variance(values[i] * np.float32(levels[i]), rows) * inverse_levels[i] ** 2
                 for i in range(n_flats)
             ]
         )
@@ -145,7 +145,7 @@ def sigma_clipped_stack(
         data[rows] = bn.nanmean(values, axis=0)
         summed_variance = np.where(finite, own_variance, 0).sum(axis=0)
         common = sum(
-            _block(noise[i].common_variance, rows) * inverse_levels[i] ** 2 for i in range(n_flats)
+            noise[i].common(rows) * inverse_levels[i] ** 2 for i in range(n_flats)
         ) / n_flats
         with np.errstate(invalid="ignore", divide="ignore"):
             uncertainty[rows] = np.sqrt(summed_variance / count.astype(np.float32) ** 2 + common)
@@ -195,14 +195,3 @@ def _clip_in_place(values: np.ndarray, floor: np.ndarray, *, sigma: float, itera
         count += newly
     flat_values[:, affected] = subset
     return count
-
-
-def _block(value: np.ndarray | float, rows: slice) -> np.ndarray | float:
-    return value[rows] if isinstance(value, np.ndarray) and value.ndim == 2 else value
-
-
-def model_variance(model: NoiseModel, data: np.ndarray, rows: slice) -> np.ndarray:
-    """A noise model's own variance for the rows ``rows`` of a frame whose data are ``data``."""
-    pedestal = _block(model.photon_pedestal, rows)
-    own = _block(model.own_variance, rows)
-    return np.maximum(data + pedestal, 0) + np.float32(model.ron**2) + own
