@@ -46,20 +46,26 @@ class NoiseModel:
     own_variance: np.ndarray | float = 0.0
     common_variance: np.ndarray | float = 0.0
 
-    def variance(self, data: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+    def variance(self, data: np.ndarray, rows: slice = slice(None), select: np.ndarray | None = None) -> np.ndarray:
         """Variance (e⁻²) of the frame's own noise (excluding ``common_variance``) where its rows
-        ``rows`` hold ``data``."""
-        pedestal = _rows(self.photon_pedestal, rows)
-        return np.maximum(data + pedestal, 0) + np.float32(self.ron**2) + _rows(self.own_variance, rows)
+        ``rows`` (and, if given, the pixels ``select`` of those rows) hold ``data``."""
+        pedestal = _pixels(self.photon_pedestal, rows, select)
+        variance = np.add(data, pedestal, dtype=np.float32)
+        np.maximum(variance, np.float32(0), out=variance)
+        variance += np.float32(self.ron**2)
+        variance += _pixels(self.own_variance, rows, select)
+        return variance
 
-    def common(self, rows: slice = slice(None)) -> np.ndarray | float:
-        """The variance shared by every flat, on rows ``rows``."""
-        return _rows(self.common_variance, rows)
+    def common(self, rows: slice = slice(None), select: np.ndarray | None = None) -> np.ndarray | float:
+        """The variance shared by every flat, on rows ``rows`` (pixels ``select`` of them if given)."""
+        return _pixels(self.common_variance, rows, select)
 
 
-def _rows(value: np.ndarray | float, rows: slice) -> np.ndarray | float:
-    """Rows ``rows`` of a per-pixel array; a scalar as it is."""
-    return value[rows] if isinstance(value, np.ndarray) and value.ndim == 2 else value
+def _pixels(value: np.ndarray | float, rows: slice, select: np.ndarray | None) -> np.ndarray | float:
+    """Rows ``rows`` of a per-pixel array (only pixels ``select`` of them if given); a scalar as it is."""
+    if not (isinstance(value, np.ndarray) and value.ndim == 2):
+        return value
+    return value[rows] if select is None else value[rows][select]
 
 
 def subtract_bias(
@@ -71,13 +77,15 @@ def subtract_bias(
     dark: Calibration | None = None,
     flat_exptime: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, NoiseModel]:
-    """UVB/VIS: subtract the master bias, and an optional master dark scaled by exposure time.
+    """UVB/VIS: subtract the master bias, and an optional master dark scaled by exposure time, from
+    ``flat`` in place (it is returned).
 
     The bias pedestal is not photon noise, so the photon term uses the bias-subtracted signal
     (spec §3.4 step 1). A master dark still holds the pedestal, so its dark current is
     ``(dark − bias) × t_flat / t_dark``.
     """
-    data = flat - bias.data
+    data = flat
+    data -= bias.data
     out_mask = mask | bias.mask
     common = bias.variance
     if dark is not None:
@@ -96,7 +104,8 @@ def subtract_dark(
     ron: float,
     shared: bool,
 ) -> tuple[np.ndarray, np.ndarray, NoiseModel]:
-    """NIR: subtract a dark or lamp-off frame (already scaled to the flat's exposure time).
+    """NIR: subtract a dark or lamp-off frame (already scaled to the flat's exposure time) from
+    ``flat`` in place (it is returned).
 
     The dark's counts were photons (thermal background, dark current), so they stay in the photon
     term. ``shared`` says whether the same dark is subtracted from every flat (then its noise is
@@ -108,7 +117,8 @@ def subtract_dark(
         own_variance=0.0 if shared else dark.variance,
         common_variance=dark.variance if shared else 0.0,
     )
-    return flat - dark.data, mask | dark.mask, noise
+    flat -= dark.data
+    return flat, mask | dark.mask, noise
 
 
 def nearest_in_time(flat_mjd: float, dark_mjds: np.ndarray) -> int:

@@ -78,7 +78,7 @@ def read_frame_file(item: InputFile, *, data_extension: int = 0) -> FrameFile:
 
 
 def read_raw_adu(path: Path) -> np.ndarray:
-    """HDU 0 pixel data as float32 ADU."""
+    """HDU 0 pixel data in ADU, in its stored type (scaled to unsigned integers where BZERO says so)."""
     try:
         with fits.open(path, memmap=False) as hdulist:
             data = hdulist[0].data
@@ -86,7 +86,7 @@ def read_raw_adu(path: Path) -> np.ndarray:
                 raise UserInputError(
                     f"{path} has no 2-D image in its primary HDU. Give the raw frame as it came from the archive."
                 )
-            return np.asarray(data, dtype=np.float32)
+            return data
     except (OSError, ValueError, TypeError) as error:
         raise _open_error(path, error) from None
 
@@ -136,6 +136,45 @@ def read_bad_pixel_map(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return data != 0
 
 
+def science_region(raw_adu: np.ndarray, *, detector: Detector, binning: tuple[int, int]) -> np.ndarray:
+    """View of a raw frame rotated to the pipeline orientation and trimmed to the science region."""
+    binx, biny = binning
+    rotated = np.rot90(raw_adu, detector.rotation_k)
+    rows = slice(detector.science_rows[0] // biny, detector.science_rows[1] // biny)
+    cols = slice(detector.science_columns[0] // binx, detector.science_columns[1] // binx)
+    trimmed = rotated[rows, cols]
+    expected = detector.prepared_shape(binx, biny)
+    if trimmed.shape != expected:
+        raise UserInputError(
+            f"A raw frame of shape {raw_adu.shape} cannot be trimmed to the {detector.arm} science region "
+            f"{expected} at binning {binx}x{biny}. Check that the file is an untouched raw frame of this arm."
+        )
+    return trimmed
+
+
+def prepare_flux(
+    raw_adu: np.ndarray,
+    *,
+    detector: Detector,
+    binning: tuple[int, int],
+    gain: float,
+    out: np.ndarray,
+    static_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Write the science region in electrons into ``out`` (float32, prepared shape); return the mask.
+
+    Saturated raw pixels (at or above the detector's saturation level, in ADU) are masked too —
+    soxspipe ignores saturation. No uncertainty image is made: flats going into the stack carry a
+    noise model instead, and writing straight into the caller's array avoids full-frame copies.
+    """
+    trimmed = science_region(raw_adu, detector=detector, binning=binning)
+    np.multiply(trimmed, np.float32(gain), out=out, casting="unsafe")
+    mask = np.zeros(out.shape, dtype=bool) if static_mask is None else static_mask.copy()
+    if detector.saturation_adu is not None:
+        mask |= trimmed >= detector.saturation_adu
+    return mask
+
+
 def prepare_raw(
     raw_adu: np.ndarray,
     *,
@@ -148,26 +187,14 @@ def prepare_raw(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rotate, trim, convert to electrons; build the uncertainty and the mask (spec §2.2).
 
-    Saturated raw pixels (at or above the detector's saturation level, in ADU) are masked too —
-    soxspipe ignores saturation. Returns float32 data (e⁻), float32 1σ uncertainty (e⁻), bool mask.
+    Returns float32 data (e⁻), float32 1σ uncertainty (e⁻), bool mask (see :func:`prepare_flux`).
     """
-    binx, biny = binning
-    rotated = np.rot90(raw_adu, detector.rotation_k)
-    rows = slice(detector.science_rows[0] // biny, detector.science_rows[1] // biny)
-    cols = slice(detector.science_columns[0] // binx, detector.science_columns[1] // binx)
-    trimmed = rotated[rows, cols]
-    expected = detector.prepared_shape(binx, biny)
-    if trimmed.shape != expected:
-        raise UserInputError(
-            f"A raw frame of shape {raw_adu.shape} cannot be trimmed to the {detector.arm} science region "
-            f"{expected} at binning {binx}x{biny}. Check that the file is an untouched raw frame of this arm."
-        )
-    data = np.ascontiguousarray(trimmed, dtype=np.float32) * np.float32(gain)
+    data = np.empty(detector.prepared_shape(*binning), dtype=np.float32)
+    mask = prepare_flux(raw_adu, detector=detector, binning=binning, gain=gain, out=data, static_mask=static_mask)
     if is_bias:
         uncertainty = np.full(data.shape, ron, dtype=np.float32)
     else:
-        uncertainty = np.sqrt(np.maximum(data, 0) + np.float32(ron) ** 2, dtype=np.float32)
-    mask = np.zeros(data.shape, dtype=bool) if static_mask is None else static_mask.copy()
-    if detector.saturation_adu is not None:
-        mask |= np.ascontiguousarray(trimmed) >= detector.saturation_adu
+        uncertainty = np.maximum(data, np.float32(0))
+        uncertainty += np.float32(ron) ** 2
+        np.sqrt(uncertainty, out=uncertainty)
     return data, uncertainty, mask

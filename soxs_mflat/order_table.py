@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from astropy.io import fits
-from astropy.table import Table
 
 from soxs_mflat.geometry import Poly2D
 
@@ -121,11 +120,11 @@ def _terms(prefix: str, poly: Poly2D) -> list[tuple[str, object]]:
     ]
 
 
-def _read_poly(row: Table, kind: str) -> Poly2D | None:
+def _read_poly(row: fits.FITS_rec, kind: str) -> Poly2D | None:
     prefix = TRACE_PREFIXES[kind]
     pattern = re.compile(rf"^{prefix}(\d)(\d)$")
     terms = {}
-    for name in row.colnames:
+    for name in row.columns.names:
         match = pattern.match(name)
         if match:
             terms[(int(match.group(1)), int(match.group(2)))] = float(row[name][0])
@@ -166,12 +165,18 @@ def to_hdulist(table: OrderTable, *, trace_binning: tuple[int, int] = (1, 1)) ->
         for name, values in table.extra_meta.items()
     ]
     meta = fits.BinTableHDU.from_columns(meta_columns)
-    traces = fits.BinTableHDU(order_traces(table, trace_binning[1]), name="ORDER_TRACES")
+    traces = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name=name, format="K" if values.dtype.kind in "iu" else "D", array=values)
+            for name, values in order_traces(table, trace_binning[1]).items()
+        ],
+        name="ORDER_TRACES",
+    )
     primary = fits.PrimaryHDU(header=table.header.copy())
     return fits.HDUList([primary, coefficients, meta, traces])
 
 
-def order_traces(table: OrderTable, b_bin: int) -> Table:
+def order_traces(table: OrderTable, b_bin: int) -> dict[str, np.ndarray]:
     """Traces sampled at every unbinned axis-B pixel of every order (spec §4.5)."""
     a, b = table.fitted_axis, table.along_axis
     coords, orders = [], []
@@ -186,14 +191,15 @@ def order_traces(table: OrderTable, b_bin: int) -> Table:
     if table.has_edges:
         columns[f"{a}coord_edgeup"] = table.edge_up(order, coord)
         columns[f"{a}coord_edgelow"] = table.edge_low(order, coord)
-    return Table(columns)
+    return columns
 
 
 def from_hdulist(hdulist: fits.HDUList) -> OrderTable:
     """Read an order table from its HDUs (HDU 1 and HDU 2 by position, as soxspipe does)."""
-    coefficients = Table(hdulist[1].data)
-    meta = Table(hdulist[2].data)
-    fitted_axis = "x" if "degy_cent" in coefficients.colnames else "y"
+    coefficients = hdulist[1].data
+    meta = hdulist[2].data
+    meta_names = list(meta.columns.names)
+    fitted_axis = "x" if "degy_cent" in coefficients.columns.names else "y"
     a, b = fitted_axis, ("y" if fitted_axis == "x" else "x")
     centre = _read_poly(coefficients, "centre")
     if centre is None:
@@ -206,12 +212,12 @@ def from_hdulist(hdulist: fits.HDUList) -> OrderTable:
         orders=np.round(np.asarray(meta["order"], dtype=np.float64)).astype(np.int64),
         b_min=np.asarray(meta[f"{b}min"], dtype=np.float64),
         b_max=np.asarray(meta[f"{b}max"], dtype=np.float64),
-        a_min=np.asarray(meta[f"{a}min"], dtype=np.float64) if f"{a}min" in meta.colnames else nan,
-        a_max=np.asarray(meta[f"{a}max"], dtype=np.float64) if f"{a}max" in meta.colnames else nan,
+        a_min=np.asarray(meta[f"{a}min"], dtype=np.float64) if f"{a}min" in meta_names else nan,
+        a_max=np.asarray(meta[f"{a}max"], dtype=np.float64) if f"{a}max" in meta_names else nan,
         centre=centre,
         std=_read_poly(coefficients, "std"),
         edge_low=_read_poly(coefficients, "edge_low"),
         edge_up=_read_poly(coefficients, "edge_up"),
-        extra_meta={name: np.asarray(meta[name], dtype=np.float64) for name in meta.colnames if name not in known},
+        extra_meta={name: np.asarray(meta[name], dtype=np.float64) for name in meta_names if name not in known},
         header=hdulist[0].header.copy(),
     )

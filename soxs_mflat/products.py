@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.time import Time
 
 from soxs_mflat import __version__
 from soxs_mflat.inputs import VerifiedInputs
@@ -26,6 +25,8 @@ RECIPE_ID = "soxs-mflat"
 PIPE_ID = f"soxs_mflat/v{__version__}"
 PRODUCTS_SUBDIR = Path("products") / "soxs_mflat"
 QC_SUBDIR = Path("qc") / "soxs_mflat"
+MJD_EPOCH = datetime(1858, 11, 17)
+"""Day zero of the Modified Julian Date."""
 REMOVED_KEYWORDS = ("ESO DPR TYPE", "ESO DPR TECH", "ESO DPR CATG", "ARCFILE")
 
 
@@ -40,7 +41,7 @@ def night_from_sof_name(name: str) -> str | None:
 
 def night_from_mjd(mjd: float) -> str:
     """Start-of-night date of an MJD-OBS."""
-    return (Time(mjd, format="mjd").to_datetime() - timedelta(hours=15)).strftime("%Y-%m-%d")
+    return (MJD_EPOCH + timedelta(days=mjd) - timedelta(hours=15)).strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,19 @@ def product_paths(*, stem: str, root: Path, instrument: str) -> ProductPaths:
     return ProductPaths(stem, root / PRODUCTS_SUBDIR, root / QC_SUBDIR, instrument)
 
 
+def temporary_path(path: Path) -> Path:
+    """Hidden temporary name for ``path`` in the same folder (so renaming it onto ``path`` is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def commit(temporary: Path, path: Path) -> Path:
+    """Flush ``temporary`` to disk and rename it onto ``path``."""
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return path
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(temporary_path)`` then rename the result onto ``path``.
 
@@ -109,12 +123,10 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     writing fails; an existing file at ``path`` is untouched until the rename.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = temporary_path(path)
     try:
         write(temporary)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        commit(temporary, path)
     finally:
         if temporary.exists():
             temporary.unlink()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from soxs_mflat.footprints import OrderBounds, frame_binning_ab, from_ba, order_
 from soxs_mflat.frames import (
     FrameFile,
     Prepared,
+    prepare_flux,
     prepare_raw,
     read_bad_pixel_map,
     read_frame_file,
@@ -34,12 +36,13 @@ from soxs_mflat.inputs import LampSet, VerifiedInputs, classify, identify_instru
 from soxs_mflat.order_table import OrderTable, to_hdulist
 from soxs_mflat.products import (
     ProductPaths,
+    commit,
     image_hdulist,
     night_from_mjd,
     night_from_sof_name,
     product_paths,
     provenance_header,
-    write_atomic,
+    temporary_path,
     write_hdulist,
     write_text,
 )
@@ -59,6 +62,17 @@ class ProductRecord:
     path: Path
     file_type: str
     label: str
+    description: str
+
+
+@dataclass(frozen=True)
+class PendingPlot:
+    """A QC figure being drawn into ``temporary``, to be renamed onto ``path`` with the products."""
+
+    lamp: str
+    path: Path
+    temporary: Path
+    product_label: str
     description: str
 
 
@@ -87,7 +101,6 @@ class LampResult:
     qc: list[QCRow]
     header: fits.Header
     detections: edges.EdgeDetections
-    figures: dict[str, object] = field(default_factory=dict)
 
 
 class MasterFlatRecipe:
@@ -108,6 +121,9 @@ class MasterFlatRecipe:
         self.overwrite = overwrite
         self.command = command
         self.log_buffer = io.StringIO()
+        self._plotter: plots.PlotProcess | None = None
+        self._plots: list[PendingPlot] = []
+        self._product_paths: ProductPaths | None = None
 
     def run(self) -> RecipeResult:
         """Run every step and write the products; return their paths and the QC table."""
@@ -120,6 +136,8 @@ class MasterFlatRecipe:
             inputs, settings = self._verified_inputs()
             paths = self._paths(inputs, settings)
             self._refuse_to_clobber(paths, inputs)
+            self._product_paths = paths
+            self._plotter = plots.PlotProcess()
             arm_settings = settings.arm(inputs.arm)
             results = [self._reduce_lamp(lamp_set, inputs, settings, arm_settings) for lamp_set in inputs.lamp_sets]
             final = results[0] if len(results) == 1 else self._stitch(results, inputs, settings, arm_settings)
@@ -131,6 +149,7 @@ class MasterFlatRecipe:
             raise
         finally:
             LOGGER.removeHandler(handler)
+            self._discard_plots()
         elapsed = time.monotonic() - started
         qc_rows = deduplicate(final.qc)
         self._write_log(paths.log(), started)
@@ -200,6 +219,18 @@ class MasterFlatRecipe:
         )
         return Prepared(data, uncertainty, mask, frame.header, frame.path)
 
+    def _flux_into(self, frame: FrameFile, inputs: VerifiedInputs, static_mask: np.ndarray | None, out: np.ndarray,
+                   settings: Settings) -> np.ndarray:
+        """Prepare one flat's electrons straight into ``out`` (frame orientation); return its mask."""
+        if frame.is_prepared or settings.save_intermediate_products:
+            prepared = self._prepare(frame, inputs, static_mask)
+            if settings.save_intermediate_products and not frame.is_prepared:
+                self._save_prepared(prepared, settings)
+            out[...] = prepared.data
+            return prepared.mask
+        return prepare_flux(read_raw_adu(frame.path), detector=inputs.detector, binning=inputs.binning,
+                            gain=inputs.gain, out=out, static_mask=static_mask)
+
     def _save_prepared(self, prepared: Prepared, settings: Settings) -> None:
         root = Path(settings.workspace_root_dir or ".")
         stem = prepared.path.name.removesuffix(".Z").removesuffix(".fits")
@@ -211,8 +242,9 @@ class MasterFlatRecipe:
                      fitted_axis: str) -> Calibration:
         prepared = self._prepare(frame, inputs, static_mask)
         exptime = float(frame.header.get(inputs.keywords.exptime, 0.0) or 0.0)
-        return Calibration(to_ba(prepared.data, fitted_axis), to_ba(prepared.uncertainty, fitted_axis),
-                           to_ba(prepared.mask, fitted_axis), exptime)
+        data, uncertainty, mask = (np.ascontiguousarray(to_ba(image, fitted_axis))
+                                   for image in (prepared.data, prepared.uncertainty, prepared.mask))
+        return Calibration(data, uncertainty, mask, exptime)
 
     def _darks(self, inputs: VerifiedInputs, lamp_set: LampSet, static_mask: np.ndarray | None, fitted_axis: str,
                settings: Settings) -> tuple[list[Calibration], list[int], bool]:
@@ -244,8 +276,8 @@ class MasterFlatRecipe:
         cube = np.empty((len(inputs.darks), *shape), dtype=np.float32)
         exptimes = []
         for i, frame in enumerate(inputs.darks):
-            prepared = self._prepare(frame, inputs, static_mask)
-            cube[i] = to_ba(np.where(prepared.mask, np.nan, prepared.data), fitted_axis)
+            mask = self._flux_into(frame, inputs, static_mask, from_ba(cube[i], fitted_axis), settings)
+            cube[i][to_ba(mask, fitted_axis)] = np.nan
             exptimes.append(float(frame.header.get(inputs.keywords.exptime, 0.0) or 0.0))
         stacked = sigma_clipped_stack(cube, np.ones(cube.shape[0]), [NoiseModel(ron=inputs.ron)] * cube.shape[0],
                                       sigma=settings.stacked_clipping_sigma,
@@ -282,19 +314,17 @@ class MasterFlatRecipe:
         cube = np.empty((len(lamp_set.flats), *frame_ba), dtype=np.float32)
         noise: list[NoiseModel] = []
         for i, frame in enumerate(lamp_set.flats):
-            prepared = self._prepare(frame, inputs, static_mask)
-            if settings.save_intermediate_products and not frame.is_prepared:
-                self._save_prepared(prepared, settings)
-            data, mask = to_ba(prepared.data, fitted_axis), to_ba(prepared.mask, fitted_axis)
+            data = cube[i]
+            mask = to_ba(self._flux_into(frame, inputs, static_mask, from_ba(data, fitted_axis), settings), fitted_axis)
             if bias is not None:
                 data, mask, model = subtract_bias(data, mask, bias, ron=inputs.ron, dark=dark_cal,
                                                   flat_exptime=lamp_set.exptime)
             else:
                 data, mask, model = subtract_dark(data, mask, darks[dark_index[i]], ron=inputs.ron, shared=shared_dark)
-            data[mask | ~np.isfinite(data)] = np.nan
-            cube[i] = data
+            mask |= ~np.isfinite(data)
+            data[mask] = np.nan
             noise.append(model)
-            del prepared, data, mask
+            del data, mask
         all_masked = np.all(np.isnan(cube), axis=0)
 
         centres = read_order_table(lamp_set.order_table.path)
@@ -318,7 +348,7 @@ class MasterFlatRecipe:
             cube[i] /= np.float32(level)
         LOGGER.info("Exposure levels (e-): %s", ", ".join(f"{v:.1f}" for v in first_levels.levels))
         first = sigma_clipped_stack(cube, first_levels.levels, noise, sigma=settings.stacked_clipping_sigma,
-                                    iterations=settings.stacked_clipping_iterations, all_masked=all_masked)
+                                    iterations=settings.stacked_clipping_iterations, all_masked=all_masked, where=band)
         relative = ratio_levels(cube, first.data, band)
         del first
         for i, value in enumerate(relative):
@@ -347,10 +377,10 @@ class MasterFlatRecipe:
         fit = _fit_edges(detections, arm, binning_ab)
         table = edges.order_location_table(centres, fit, detections, shape_ba=frame_ba, binning_ab=binning_ab)
         bounds = order_bounds(table, frame_ba, binning_ab)
-        figures: dict[str, object] = {
-            "ORD_LOC": plots.plot_order_locations(combined.data, detections, fit, table, binning_ab=binning_ab,
-                                                  fitted_axis=fitted_axis, title=f"{inputs.arm}{tag} order edges")
-        }
+        plot_lamp = lamp_set.lamp if len(inputs.lamp_sets) > 1 else ""
+        self._plot("ORD_LOC", plot_lamp, plots.order_location_figure(
+            combined.data, detections, fit, table, binning_ab=binning_ab, fitted_axis=fitted_axis,
+            title=f"{inputs.arm}{tag} order edges"))
 
         flat = combined.data
         model = None
@@ -361,15 +391,14 @@ class MasterFlatRecipe:
                                                     mask_ba=combined.mask)
             model = fitted.model
             flat = combined.data - model
-            figures["BKGROUND"] = plots.plot_background(combined.data, fitted, fitted_axis=fitted_axis,
-                                                        title=f"{inputs.arm}{tag}")
+            self._plot("BKGROUND", plot_lamp, plots.background_figure(combined.data, fitted, fitted_axis=fitted_axis,
+                                                                      title=f"{inputs.arm}{tag}"))
         shared = darks[dark_index[0]] if shared_dark else None
         data, mask, counts = self._flag_and_fill(flat, combined.uncertainty, combined.mask, bounds, arm, bias=bias,
                                                  dark=shared)
         qc = self._lamp_qc(first_levels.ordexp, fit, counts, lamp_set, inputs, arm)
         header = lamp_set.flats[0].header
-        return LampResult(lamp_set.lamp, data, combined.uncertainty, mask, table, centres, model, qc, header, detections,
-                          figures)
+        return LampResult(lamp_set.lamp, data, combined.uncertainty, mask, table, centres, model, qc, header, detections)
 
     def _flag_and_fill(self, flat: np.ndarray, uncertainty: np.ndarray, input_mask: np.ndarray, bounds: OrderBounds,
                        arm: ArmSettings, *, bias: Calibration | None,
@@ -463,10 +492,10 @@ class MasterFlatRecipe:
         model = None
         if d2.background is not None and qth.background is not None:
             model = np.where(stitched.from_d2, d2.background / np.float32(stitched.scale), qth.background)
-        figures = {"ORD_LOC": plots.plot_order_locations(stitched.data, detections, fit, table, binning_ab=binning_ab,
-                                                         fitted_axis=fitted_axis, title="UVB stitched order edges")}
-        return LampResult("", data, stitched.uncertainty, mask, table, qth.centres, model, qc, qth.header, detections,
-                          figures)
+        self._plot("ORD_LOC", "", plots.order_location_figure(stitched.data, detections, fit, table,
+                                                             binning_ab=binning_ab, fitted_axis=fitted_axis,
+                                                             title="UVB stitched order edges"))
+        return LampResult("", data, stitched.uncertainty, mask, table, qth.centres, model, qc, qth.header, detections)
 
     # ----------------------------------------------------------------------------------- writing
     def _write(self, paths: ProductPaths, inputs: VerifiedInputs, settings: Settings, results: list[LampResult],
@@ -480,6 +509,7 @@ class MasterFlatRecipe:
         params = settings.param_cards(arm)
         outputs = [(r, r.lamp) for r in results] if len(results) > 1 else []
         outputs.append((final, ""))
+        written_plots = self._finish_plots()
         for result, lamp in outputs:
             suffix = f"_{lamp}" if lamp else ""
             flats = [f for s in inputs.lamp_sets if s.lamp == lamp or not lamp for f in s.flats]
@@ -512,12 +542,8 @@ class MasterFlatRecipe:
                 bkg_path = write_hdulist(fits.HDUList([bkg]), paths.background(lamp))
                 records.append(ProductRecord(f"BKGROUND{suffix}", bkg_path, "FITS", "QC",
                                              "modelled scatter background light image (removed from master flat)"))
-            for name, figure in result.figures.items():
-                target = paths.order_location_plot(lamp) if name == "ORD_LOC" else paths.background_plot(lamp)
-                write_atomic(target, lambda tmp, fig=figure: plots.save_pdf(fig, tmp))
-                label, desc = (("ORDER_LOC_RES", "visualisation of goodness of order edge fitting") if name == "ORD_LOC"
-                               else ("BKGROUND", "Fitted intra-order image background"))
-                records.append(ProductRecord(f"{label}{suffix}", target, "PDF", "QC", desc))
+            records += [ProductRecord(f"{plot.product_label}{suffix}", plot.path, "PDF", "QC", plot.description)
+                        for plot in written_plots if plot.lamp == lamp]
         qc_path = write_text(qc_csv(deduplicate(final.qc), obs_date=str(final.header.get("DATE-OBS", ""))),
                              paths.qc_table())
         records.append(ProductRecord("QC_TABLE", qc_path, "CSV", "QC", "QC metrics of this run"))
@@ -526,6 +552,40 @@ class MasterFlatRecipe:
             LOGGER.warning("QC outside the acceptable limits: %s", ", ".join(
                 f"{r.name} = {r.value:g} (limits {r.limits})" for r in failures))
         return records
+
+    def _plot(self, name: str, lamp: str, figure: plots.OrderLocationFigure | plots.BackgroundFigure) -> None:
+        """Start drawing a QC figure (``ORD_LOC`` or ``BKGROUND``) of product lamp tag ``lamp``."""
+        if name == "ORD_LOC":
+            path = self._product_paths.order_location_plot(lamp)
+            label, description = "ORDER_LOC_RES", "visualisation of goodness of order edge fitting"
+        else:
+            path = self._product_paths.background_plot(lamp)
+            label, description = "BKGROUND", "Fitted intra-order image background"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pending = PendingPlot(lamp, path, temporary_path(path), label, description)
+        self._plots.append(pending)
+        self._plotter.submit(figure, pending.temporary)
+
+    def _finish_plots(self) -> list[PendingPlot]:
+        """Wait for the QC figures and rename them into place; a figure that failed is logged, not fatal."""
+        written = []
+        for plot, error in zip(self._plots, self._plotter.finish(), strict=True):
+            if error is None and plot.temporary.exists():
+                written.append(plot)
+                commit(plot.temporary, plot.path)
+            else:
+                LOGGER.warning("QC plot %s was not written: %s", plot.path.name, error or "no output")
+        self._plots = []
+        return written
+
+    def _discard_plots(self) -> None:
+        """Stop the plotting process and remove any unfinished figures (a failed or finished run)."""
+        if self._plotter is not None:
+            self._plotter.close()
+        for plot in self._plots:
+            if plot.temporary.exists():
+                os.unlink(plot.temporary)
+        self._plots = []
 
     def _write_log(self, path: Path, started: float) -> None:
         text = self.log_buffer.getvalue()

@@ -7,6 +7,7 @@ one cube plus a few frames.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import bottleneck as bn
@@ -15,7 +16,8 @@ import numpy as np
 from soxs_mflat.detrend import NoiseModel
 
 MAD_TO_SIGMA = 1.482602218505602
-BLOCK_ROWS = 256
+CHUNK_PIXELS = 1 << 15
+SAMPLE_SIZE = 1 << 18
 MAX_SPREAD_RATIO = 1.5
 
 
@@ -61,49 +63,58 @@ def centre_band_mask(shape_ba: tuple[int, int], centres_ba: np.ndarray, valid: n
     return band
 
 
-def measure_levels(cube: np.ndarray, band: np.ndarray) -> ExposureLevels:
+def measure_levels(cube: np.ndarray, band: np.ndarray, *, workers: int = 2) -> ExposureLevels:
     """Robust exposure level of each flat from its finite pixels in the band.
 
     The level is a 3σ-clipped mean around the median (MAD spread), which ignores defects and cosmic
-    rays but keeps the statistical precision of a mean.
+    rays but keeps the statistical precision of a mean. Flats are measured on ``workers`` threads.
     """
-    levels, percentiles = [], []
-    for frame in cube:
+
+    def measure(frame: np.ndarray) -> tuple[float, np.ndarray]:
         values = frame[band]
         values = values[np.isfinite(values)]
         if values.size == 0:
-            levels.append(np.nan)
-            percentiles.append([np.nan] * 3)
-            continue
-        percentiles.append(np.percentile(values, [10, 50, 90]))
-        levels.append(clipped_mean(values, sigma=3.0))
-    return ExposureLevels(np.asarray(levels), np.asarray(percentiles))
+            return np.nan, np.full(3, np.nan)
+        return clipped_mean(values, sigma=3.0), np.percentile(values, [10, 50, 90])
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        measured = list(pool.map(measure, cube))
+    return ExposureLevels(np.array([m[0] for m in measured]), np.array([m[1] for m in measured]))
 
 
 def clipped_mean(values: np.ndarray, *, sigma: float, iterations: int = 5) -> float:
-    """Mean of ``values`` after iterative clipping at ``sigma`` × MAD-σ around the median."""
-    keep = values
+    """Mean of ``values`` within ``sigma`` × MAD-σ of their median, both found by iterative clipping.
+
+    The clipping limits converge on an evenly spaced sample of at most ``SAMPLE_SIZE`` values (they
+    only decide which values count, so their sampling noise is far below the data's own), and
+    the mean is then taken over every value inside them.
+    """
+    sample = values[:: max(1, values.size // SAMPLE_SIZE)]
+    centre = spread = 0.0
     for _ in range(iterations):
-        centre = np.median(keep)
-        spread = MAD_TO_SIGMA * np.median(np.abs(keep - centre))
+        centre = float(np.median(sample))
+        spread = MAD_TO_SIGMA * float(np.median(np.abs(sample - np.float32(centre))))
         if spread == 0:
+            return centre
+        inside = sample[np.abs(sample - np.float32(centre)) <= sigma * spread]
+        if inside.size == sample.size:
             break
-        inside = keep[np.abs(keep - centre) <= sigma * spread]
-        if inside.size == keep.size:
-            break
-        keep = inside
-    return float(np.mean(keep))
+        sample = inside
+    return float(np.mean(values[np.abs(values - np.float32(centre)) <= sigma * spread], dtype=np.float64))
 
 
-def ratio_levels(cube: np.ndarray, reference: np.ndarray, band: np.ndarray) -> np.ndarray:
+def ratio_levels(cube: np.ndarray, reference: np.ndarray, band: np.ndarray, *, workers: int = 2) -> np.ndarray:
     """Second-pass level of each flat: clipped mean of ``flat / reference`` over the band."""
     good_reference = band & np.isfinite(reference) & (reference > 0)
-    levels = []
-    for frame in cube:
-        ratio = frame[good_reference] / reference[good_reference]
+    reference_values = reference[good_reference]
+
+    def level(frame: np.ndarray) -> float:
+        ratio = frame[good_reference] / reference_values
         ratio = ratio[np.isfinite(ratio)]
-        levels.append(clipped_mean(ratio, sigma=3.0) if ratio.size else np.nan)
-    return np.asarray(levels)
+        return clipped_mean(ratio, sigma=3.0) if ratio.size else np.nan
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return np.array(list(pool.map(level, cube)))
 
 
 def sigma_clipped_stack(
@@ -114,48 +125,94 @@ def sigma_clipped_stack(
     sigma: float,
     iterations: int,
     all_masked: np.ndarray | None = None,
+    where: np.ndarray | None = None,
+    workers: int = 2,
 ) -> StackResult:
     """Combine normalised flats (cube = flat / level, NaN where masked) pixel by pixel.
 
     Each pixel's values are clipped iteratively at ``sigma`` × spread around their median, where
     the spread is the MAD-σ of the values bounded by the expected noise of one flat (see
-    :func:`_clip_pass`); the survivors are averaged. The uncertainty propagates each survivor's own variance and the calibration
-    variance common to all flats. A pixel is masked only if every input was masked there, or every
-    value was clipped.
+    :func:`_clip_pass`); the survivors are averaged. The uncertainty propagates each survivor's own
+    variance and the calibration variance common to all flats. A pixel is masked only if every input
+    was masked there, or every value was clipped. ``where`` restricts the work to those pixels (the
+    rest come back NaN and masked). The cube is not modified.
+
+    The spread is never below the expected noise, so a pixel whose values span less than ``sigma``
+    times that noise cannot lose a value: only the few pixels that fail this test are sorted and
+    clipped. Row blocks small enough to stay in cache are shared among ``workers`` threads.
     """
-    n_flats, n_rows, n_cols = cube.shape
-    data = np.empty((n_rows, n_cols), dtype=np.float32)
-    uncertainty = np.empty((n_rows, n_cols), dtype=np.float32)
-    n_used = np.empty((n_rows, n_cols), dtype=np.int16)
-    inverse_levels = (1.0 / levels).astype(np.float32)
-    n_clipped = 0
-    for start in range(0, n_rows, BLOCK_ROWS):
-        rows = slice(start, min(start + BLOCK_ROWS, n_rows))
-        values = cube[:, rows, :].copy()
-        own_variance = np.stack(
-            [
-                noise[i].variance(values[i] * np.float32(levels[i]), rows) * inverse_levels[i] ** 2
-                for i in range(n_flats)
-            ]
-        )
-        floor = np.sqrt(bn.nanmean(own_variance, axis=0))
-        n_clipped += _clip_in_place(values, floor, sigma=sigma, iterations=iterations)
-        finite = np.isfinite(values)
-        count = finite.sum(axis=0)
-        data[rows] = bn.nanmean(values, axis=0)
-        summed_variance = np.where(finite, own_variance, 0).sum(axis=0)
-        common = sum(
-            noise[i].common(rows) * inverse_levels[i] ** 2 for i in range(n_flats)
-        ) / n_flats
-        with np.errstate(invalid="ignore", divide="ignore"):
-            uncertainty[rows] = np.sqrt(summed_variance / count.astype(np.float32) ** 2 + common)
-        n_used[rows] = count
+    _, n_rows, n_cols = cube.shape
+    data = np.full((n_rows, n_cols), np.nan, dtype=np.float32)
+    uncertainty = np.full((n_rows, n_cols), np.nan, dtype=np.float32)
+    n_used = np.zeros((n_rows, n_cols), dtype=np.int16)
+    block = _Block(cube, np.asarray(levels, dtype=np.float64), noise, np.float32(sigma), iterations, where)
+    step = max(1, CHUNK_PIXELS // max(n_cols, 1))
+    blocks = [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+    outputs = (data, uncertainty, n_used)
+    if workers > 1 and len(blocks) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            n_clipped = sum(pool.map(lambda rows: block.combine(rows, outputs), blocks))
+    else:
+        n_clipped = sum(block.combine(rows, outputs) for rows in blocks)
     mask = n_used == 0
     if all_masked is not None:
         mask |= all_masked
     data[mask] = np.nan
     uncertainty[mask] = np.nan
-    return StackResult(data, uncertainty, mask, n_used, n_clipped)
+    return StackResult(data, uncertainty, mask, n_used, int(n_clipped))
+
+
+@dataclass(frozen=True)
+class _Block:
+    """What every row block of one stack needs."""
+
+    cube: np.ndarray
+    levels: np.ndarray
+    noise: list[NoiseModel]
+    sigma: np.float32
+    iterations: int
+    where: np.ndarray | None
+
+    def combine(self, rows: slice, outputs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:
+        """Stack rows ``rows`` into ``outputs`` (data, uncertainty, count); return the values clipped."""
+        select = None if self.where is None else self.where[rows]
+        if select is not None and not select.any():
+            return 0
+        values = self.cube[:, rows] if select is None else self.cube[:, rows][:, select]
+        n_flats = values.shape[0]
+        inverse_squared = (1.0 / self.levels**2).astype(np.float32)
+        variance = np.empty_like(values)
+        for i in range(n_flats):
+            flux = values[i] * np.float32(self.levels[i])
+            variance[i] = self.noise[i].variance(flux, rows, select)
+            variance[i] *= inverse_squared[i]
+        finite = ~np.isnan(values)
+        count = finite.sum(axis=0, dtype=np.int16)
+        summed = np.where(finite, values, np.float32(0)).sum(axis=0)
+        summed_variance = np.where(finite, variance, np.float32(0)).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            floor = np.sqrt(summed_variance / count)
+            suspect = np.fmax.reduce(values, axis=0) - np.fmin.reduce(values, axis=0) > self.sigma * floor
+        n_clipped = 0
+        if suspect.any():
+            candidates = values[:, suspect]
+            clipped = _clip(candidates, floor[suspect], sigma=float(self.sigma), iterations=self.iterations)
+            n_clipped = int(clipped.sum())
+            if n_clipped:
+                kept = ~clipped & ~np.isnan(candidates)
+                summed[suspect] = np.where(kept, candidates, np.float32(0)).sum(axis=0)
+                summed_variance[suspect] = np.where(kept, variance[:, suspect], np.float32(0)).sum(axis=0)
+                count[suspect] = kept.sum(axis=0, dtype=np.int16)
+        common = sum(self.noise[i].common(rows, select) * inverse_squared[i] for i in range(n_flats)) / n_flats
+        data, uncertainty, n_used = outputs
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = summed / count
+            sigma_mean = np.sqrt(summed_variance / np.square(count, dtype=np.float32) + common)
+        if select is None:
+            data[rows], uncertainty[rows], n_used[rows] = mean, sigma_mean, count
+        else:
+            data[rows][select], uncertainty[rows][select], n_used[rows][select] = mean, sigma_mean, count
+        return n_clipped
 
 
 def _clip_pass(values: np.ndarray, floor: np.ndarray, sigma: float) -> np.ndarray:
@@ -171,27 +228,21 @@ def _clip_pass(values: np.ndarray, floor: np.ndarray, sigma: float) -> np.ndarra
         return np.abs(values - centre) > sigma * spread
 
 
-def _clip_in_place(values: np.ndarray, floor: np.ndarray, *, sigma: float, iterations: int) -> int:
-    """Iteratively set outliers along axis 0 to NaN; return how many were clipped.
+def _clip(values: np.ndarray, floor: np.ndarray, *, sigma: float, iterations: int) -> np.ndarray:
+    """Which of ``values`` (n_flats, n_pixels) iterative clipping rejects.
 
-    The first pass covers every pixel; later passes only the few pixels where something was clipped.
+    Each pass re-examines only the pixels where the previous pass rejected something.
     """
-    clip = _clip_pass(values, floor, sigma)
-    count = int(clip.sum())
-    if count == 0 or iterations < 2:
-        values[clip] = np.nan
-        return count
-    values[clip] = np.nan
-    affected = np.flatnonzero(clip.any(axis=0))
-    flat_values = values.reshape(values.shape[0], -1)
-    subset = flat_values[:, affected]
-    subset_floor = floor.reshape(-1)[affected]
-    for _ in range(iterations - 1):
-        more = _clip_pass(subset, subset_floor, sigma)
-        newly = int(more.sum())
-        if newly == 0:
+    work = values.copy()
+    clipped = np.zeros(values.shape, dtype=bool)
+    active = np.arange(values.shape[1])
+    for _ in range(max(iterations, 1)):
+        subset = work[:, active]
+        more = _clip_pass(subset, floor[active], sigma)
+        if not more.any():
             break
         subset[more] = np.nan
-        count += newly
-    flat_values[:, affected] = subset
-    return count
+        work[:, active] = subset
+        clipped[:, active] |= more
+        active = active[more.any(axis=0)]
+    return clipped

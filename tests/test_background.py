@@ -9,7 +9,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from synthetic import slit_profile
 
-from soxs_mflat.background import BackgroundModel, fit_scattered_light, local_linear_smooth
+from soxs_mflat.background import fit_scattered_light, local_linear_smooth
 from soxs_mflat.footprints import OrderBounds, order_labels
 
 GAPS = (40.0, 24.0, 16.0, 10.0, 7.0, 5.0, 4.0, 4.0)
@@ -178,17 +178,3 @@ def test_local_linear_smoothing_follows_a_slope_to_the_ends_and_across_holes() -
     weights[80:120] = 0.0
     smoothed = local_linear_smooth(values, weights, 10.0)
     assert np.allclose(smoothed, values, atol=1e-9)
-
-
-def test_background_figure_builds_in_both_orientations() -> None:
-    from soxs_mflat.plots import plot_background
-
-    scene = make_scene(n_b=200, n_a=560)
-    background = fit_scattered_light(scene.image, scene.bounds)
-    assert isinstance(background, BackgroundModel)
-    for axis in ("x", "y"):
-        figure = plot_background(scene.image, background, fitted_axis=axis, title="test")
-        images = [ax.images[0].get_array().shape for ax in figure.axes if ax.images]
-        expected = scene.image.shape if axis == "x" else scene.image.shape[::-1]
-        assert images[:3] == [expected] * 3
-        assert len(figure.axes[3].lines) >= 3

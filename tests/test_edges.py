@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from synthetic import SyntheticFlat, slit_profile, synthetic_flat
@@ -22,7 +21,6 @@ from soxs_mflat.errors import UserInputError
 from soxs_mflat.footprints import order_bounds, to_ba
 from soxs_mflat.geometry import Poly2D
 from soxs_mflat.order_table import OrderTable, from_hdulist, to_hdulist
-from soxs_mflat.plots import plot_order_locations
 
 DETECT = {"slice_length": 50, "slice_width": 5, "min_threshold_pct": 20, "max_threshold_pct": 50}
 FIT = {"order_deg": 3, "disp_axis_deg": 3, "clipping_sigma": 5, "clipping_iterations": 2}
@@ -364,18 +362,6 @@ def test_detections_metadata_and_slice_positions() -> None:
     np.testing.assert_allclose(detections.min_threshold, 0.2 * detections.max_value, rtol=0.05)
     np.testing.assert_allclose(detections.max_threshold, 0.5 * detections.max_value, rtol=0.05)
     assert detections.rejection_summary() == "none"
-
-
-@pytest.mark.parametrize("fitted_axis", ["x", "y"])
-def test_order_location_figure_builds(fitted_axis: str) -> None:
-    """The QC figure builds in both orientations."""
-    syn = synthetic_flat(noise=0.01, seed=18)
-    detections, fit = _run(syn.image, syn.centre_table)
-    table = order_location_table(syn.centre_table, fit, detections, shape_ba=syn.image.shape, binning_ab=(1, 1))
-    figure = plot_order_locations(syn.image, detections, fit, table, fitted_axis=fitted_axis, title="synthetic")
-    assert len(figure.axes) == 4
-    figure.canvas.draw()
-    plt.close(figure)
 
 
 def test_slice_just_longer_than_the_order_is_enough() -> None:

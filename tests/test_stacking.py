@@ -93,7 +93,7 @@ def test_bias_subtraction_propagates_and_masks() -> None:
     bias_mask = np.zeros((4, 4), bool)
     bias_mask[1, 1] = True
     bias = Calibration(np.full((4, 4), 500.0, np.float32), np.full((4, 4), 2.0, np.float32), bias_mask)
-    data, out_mask, noise = subtract_bias(flat, mask, bias, ron=RON)
+    data, out_mask, noise = subtract_bias(flat.copy(), mask, bias, ron=RON)
     assert np.allclose(data, 1000.0) and out_mask[1, 1] and out_mask.sum() == 1
     assert np.allclose(noise.variance(data), 1000.0 + RON**2)
     assert np.allclose(noise.common_variance, 4.0)
@@ -105,7 +105,7 @@ def test_bias_subtraction_propagates_and_masks() -> None:
 def test_dark_subtraction_keeps_dark_photons_in_the_noise() -> None:
     flat = np.full((3, 3), 3000.0, np.float32)
     dark = Calibration(np.full((3, 3), 200.0, np.float32), np.full((3, 3), 15.0, np.float32), np.zeros((3, 3), bool), 10.0)
-    data, _, noise = subtract_dark(flat, np.zeros((3, 3), bool), dark, ron=RON, shared=False)
+    data, _, noise = subtract_dark(flat.copy(), np.zeros((3, 3), bool), dark, ron=RON, shared=False)
     assert dark.scaled(2.0).data[0, 0] == 400.0 and dark.scaled(2.0).variance[0, 0] == 900.0
     assert np.allclose(data, 2800.0)
     assert np.allclose(noise.variance(data), 3000.0 + RON**2 + 225.0)
