@@ -1,9 +1,15 @@
 """Speed and memory of soxs_mflat against soxspipe 0.19.0 on simulated sets.
 
-Each set is simulated once; then each tool reduces it ``--runs`` times in a fresh process. The wall
-time and the peak resident memory of every run come from the operating system (``os.wait4``), and
-the report gives medians and the ratios soxspipe / soxs_mflat. soxspipe is run from
-``.venv-soxspipe`` (``make interop`` builds it); without it only soxs_mflat is measured.
+Each set is simulated once (in a child process); then each tool reduces it ``--runs`` times in a
+fresh process. Per run this records the wall time, the peak resident memory the kernel reports for
+the tool's process (``os.wait4``), and the peak of the summed resident memory of the tool's whole
+process tree, sampled every 10 ms (soxs_mflat draws its QC figures in a child process, so this is
+the honest total). The report gives medians and the ratios soxspipe / soxs_mflat. soxspipe runs
+from ``.venv-soxspipe`` (``make interop`` builds it); without it only soxs_mflat is measured.
+
+This measuring process imports nothing heavy and simulates nothing itself: a child started with
+``vfork``/``exec`` inherits its parent's peak RSS as its own starting ``ru_maxrss`` on Linux, so a
+big parent would inflate every measurement.
 
 Usage: python benchmarks/run_benchmarks.py [--runs N] [--sets soxs:VIS,soxs:NIR,xsh:VIS] [--output DIR]
 """
@@ -17,43 +23,112 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from accuracy import OURS, ROOT, THEIRS, soxspipe_settings
+ROOT = Path(__file__).resolve().parents[1]
+OURS = ROOT / ".venv" / "bin" / "soxspipe"
+THEIRS = ROOT / ".venv-soxspipe" / "bin" / "soxspipe"
+PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(command: list[str], *, cwd: Path) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in MB, exit status) of one run of ``command``."""
+def _tree_rss_mb(root: int) -> float:
+    """Summed resident memory (MB) of process ``root`` and all its descendants."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    members, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in members]
+        members.update(children)
+        frontier += children
+    total = 0.0
+    for pid in members:
+        try:
+            with open(f"/proc/{pid}/statm") as handle:
+                total += int(handle.read().split()[1]) * PAGE_MB
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def measure(command: list[str], *, cwd: Path) -> dict:
+    """Wall seconds, kernel peak RSS (MB), sampled peak tree RSS (MB) and exit status of one run."""
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss_mb(process.pid))
+            done.wait(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - start
-    return elapsed, usage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status)
+    done.set()
+    sampler.join()
+    return {"seconds": elapsed, "maxrss_mb": usage.ru_maxrss / 1024.0, "tree_mb": peak[0],
+            "status": os.waitstatus_to_exitcode(status)}
 
 
-def simulate(work: Path, instrument: str, arm: str) -> tuple[Path, Path]:
-    """Simulate one set; return its SOF and settings file."""
-    from soxs_mflat.simulate import simulate_set
+def prepare(work: Path, instrument: str, arm: str) -> tuple[Path, Path, Path]:
+    """Simulate one set and write both tools' settings, in a child process; return (SOF, ours, theirs)."""
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
+        "from accuracy import soxspipe_settings, THEIRS; from soxs_mflat.simulate import simulate_set;"
+        "made = simulate_set(Path(sys.argv[2]), instrument=sys.argv[3], arm=sys.argv[4]);"
+        "theirs = Path(sys.argv[2]) / 'soxspipe_reference.yaml';"
+        "THEIRS.exists() and soxspipe_settings(made.settings, theirs);"
+        "print(made.sof); print(made.settings); print(theirs)"
+    )
+    target = work / f"{instrument}_{arm}" / "raw"
+    shutil.rmtree(target, ignore_errors=True)
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT / "benchmarks"), str(target), instrument, arm],
+                            capture_output=True, text=True, check=True)
+    sof, ours, theirs = (Path(line) for line in result.stdout.strip().splitlines()[-3:])
+    return sof, ours, theirs
 
-    made = simulate_set(work / f"{instrument}_{arm}" / "raw", instrument=instrument, arm=arm)
-    return made.sof, made.settings
 
-
-def run_tool(tool: Path, sof: Path, settings: Path, out: Path, runs: int) -> list[tuple[float, float, int]]:
+def run_tool(tool: Path, sof: Path, settings: Path, out: Path, runs: int) -> list[dict]:
     """Reduce the set ``runs`` times with ``tool``, each in a fresh output folder."""
     results = []
     for run in range(runs):
         target = out / f"run{run}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
-        if tool == THEIRS:
-            soxspipe_settings(settings, target / "soxspipe.yaml")
-        else:
-            shutil.copy(settings, target / "soxspipe.yaml")
+        shutil.copy(settings, target / "soxspipe.yaml")
         command = [str(tool), "mflat", str(sof), "-o", str(target), "-s", str(target / "soxspipe.yaml"), "-x"]
-        results.append(measure(command, cwd=sof.parent))
+        measured = measure(command, cwd=sof.parent)
+        measured["product"] = any(target.rglob("*MFLAT*.fits"))
+        results.append(measured)
     return results
+
+
+def summary(runs: list[dict]) -> dict:
+    """Medians over the runs that wrote a master flat."""
+    ok = [r for r in runs if r["product"]]
+
+    def median(key: str) -> float | None:
+        return round(statistics.median(r[key] for r in ok), 3) if ok else None
+
+    return {
+        "runs": len(runs),
+        "runs_without_product": len(runs) - len(ok),
+        "median_seconds": median("seconds"),
+        "median_maxrss_mb": median("maxrss_mb"),
+        "median_tree_mb": median("tree_mb"),
+        "all_seconds": [round(r["seconds"], 2) for r in runs],
+    }
 
 
 def main() -> int:
@@ -66,24 +141,16 @@ def main() -> int:
     report = {}
     for item in args.sets.split(","):
         instrument, arm = item.split(":")
-        sof, settings = simulate(args.output, instrument, arm)
+        sof, ours, theirs = prepare(args.output, instrument, arm)
         row = {}
-        for name, tool in (("soxs_mflat", OURS), ("soxspipe", THEIRS)):
-            if not tool.exists():
-                continue
-            runs = run_tool(tool, sof, settings, args.output / f"{instrument}_{arm}" / name, args.runs)
-            ok = [r for r, folder in zip(runs, range(args.runs), strict=True)
-                  if any((args.output / f"{instrument}_{arm}" / name / f"run{folder}").rglob("*MFLAT*.fits"))]
-            row[name] = {
-                "runs": len(runs),
-                "runs_without_product": len(runs) - len(ok),
-                "median_seconds": statistics.median(r[0] for r in ok) if ok else None,
-                "median_peak_mb": statistics.median(r[1] for r in ok) if ok else None,
-                "all_seconds": [round(r[0], 2) for r in runs],
-            }
-        if row.get("soxspipe", {}).get("median_seconds") and row["soxs_mflat"]["median_seconds"]:
-            row["speedup"] = row["soxspipe"]["median_seconds"] / row["soxs_mflat"]["median_seconds"]
-            row["memory_ratio"] = row["soxs_mflat"]["median_peak_mb"] / row["soxspipe"]["median_peak_mb"]
+        for name, tool, settings in (("soxs_mflat", OURS, ours), ("soxspipe", THEIRS, theirs)):
+            if tool.exists():
+                runs = run_tool(tool, sof, settings, args.output / f"{instrument}_{arm}" / name, args.runs)
+                row[name] = summary(runs)
+        mine, reference = row.get("soxs_mflat", {}), row.get("soxspipe", {})
+        if mine.get("median_seconds") and reference.get("median_seconds"):
+            row["speedup"] = round(reference["median_seconds"] / mine["median_seconds"], 2)
+            row["memory_ratio"] = round(mine["median_tree_mb"] / reference["median_tree_mb"], 3)
         report[f"{instrument} {arm}"] = row
         print(f"{instrument} {arm}: {json.dumps(row)}", flush=True)
     (args.output / "benchmark.json").write_text(json.dumps(report, indent=2))

@@ -6,6 +6,8 @@ fix (not FITS, truncated, missing keyword) become :class:`UserInputError` naming
 
 from __future__ import annotations
 
+import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,10 +73,24 @@ def read_frame_file(item: InputFile, *, data_extension: int = 0) -> FrameFile:
                     header = extension.copy()
                 is_table = n_hdus > 1 and isinstance(hdulist[1], fits.BinTableHDU)
                 if not is_table and hdulist[0].header.get("NAXIS", 0) > 0:
-                    _ = hdulist[0].data.shape
+                    _check_complete(hdulist)
     except (OSError, ValueError, TypeError, IndexError) as error:
         raise _open_error(item.path, error) from None
     return FrameFile(item.path, item.tag, header, n_hdus, is_table)
+
+
+def _check_complete(hdulist: fits.HDUList) -> None:
+    """Raise ``OSError`` if the primary image is cut short, without reading it (it is read later)."""
+    info = hdulist.fileinfo(0)
+    header = hdulist[0].header
+    if info is None or getattr(info["file"], "compression", None):
+        _ = hdulist[0].data.shape
+        return
+    n_bytes = abs(int(header["BITPIX"])) // 8 * math.prod(int(header[f"NAXIS{i}"]) for i in range(1, header["NAXIS"] + 1))
+    size = os.path.getsize(info["filename"])
+    if size < info["datLoc"] + n_bytes:
+        raise OSError(f"the image needs {n_bytes} bytes after the header but the file ends {info['datLoc'] + n_bytes - size} "
+                      "bytes short")
 
 
 def read_raw_adu(path: Path) -> np.ndarray:

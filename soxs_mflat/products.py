@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -154,6 +155,14 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def start_checksums(paths: Iterable[Path]) -> dict[Path, Future]:
+    """Hash files on a background thread (hashlib releases the GIL) while the recipe works."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    futures = {path: pool.submit(md5_of, path) for path in dict.fromkeys(paths)}
+    pool.shutdown(wait=False)
+    return futures
+
+
 def _short(name: str, limit: int = 40) -> str:
     return name if len(name) <= limit else name[: limit - 3] + "..."
 
@@ -168,8 +177,14 @@ def provenance_header(
     pro_catg: str,
     pro_tech: str,
     qc_rows: Iterable[QCRow],
+    checksums: Mapping[Path, str] | None = None,
 ) -> fits.Header:
-    """Product header: the earliest flat's header without DPR cards, plus PRO, REC1 and QC cards."""
+    """Product header: the earliest flat's header without DPR cards, plus PRO, REC1 and QC cards.
+
+    ``checksums`` holds calibration MD5s already computed (see :func:`start_checksums`); any other
+    calibration file is hashed here.
+    """
+    checksums = checksums or {}
     header = base.copy(strip=True)
     for keyword in REMOVED_KEYWORDS:
         header.remove(keyword, ignore_missing=True, remove_all=True)
@@ -192,7 +207,7 @@ def provenance_header(
         header[f"HIERARCH ESO PRO REC1 CAL{i} NAME"] = _short(calibration.path.name, 45)
         catg = calibration.header.get(inputs.keywords.pro_catg, calibration.tag or "")
         header[f"HIERARCH ESO PRO REC1 CAL{i} CATG"] = str(catg)
-        header[f"HIERARCH ESO PRO REC1 CAL{i} DATAMD5"] = md5_of(calibration.path)
+        header[f"HIERARCH ESO PRO REC1 CAL{i} DATAMD5"] = checksums.get(calibration.path) or md5_of(calibration.path)
     for i, (name, value) in enumerate(params, start=1):
         header[f"HIERARCH ESO PRO REC1 PARAM{i} NAME"] = name
         header[f"HIERARCH ESO PRO REC1 PARAM{i} VALUE"] = _short(value, 30)

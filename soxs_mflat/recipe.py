@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from soxs_mflat.products import (
     night_from_sof_name,
     product_paths,
     provenance_header,
+    start_checksums,
     temporary_path,
     write_hdulist,
     write_text,
@@ -124,6 +126,7 @@ class MasterFlatRecipe:
         self._plotter: plots.PlotProcess | None = None
         self._plots: list[PendingPlot] = []
         self._product_paths: ProductPaths | None = None
+        self._checksums: dict[Path, Future] = {}
 
     def run(self) -> RecipeResult:
         """Run every step and write the products; return their paths and the QC table."""
@@ -138,6 +141,7 @@ class MasterFlatRecipe:
             self._refuse_to_clobber(paths, inputs)
             self._product_paths = paths
             self._plotter = plots.PlotProcess()
+            self._checksums = start_checksums(c.path for c in inputs.calibrations)
             arm_settings = settings.arm(inputs.arm)
             results = [self._reduce_lamp(lamp_set, inputs, settings, arm_settings) for lamp_set in inputs.lamp_sets]
             final = results[0] if len(results) == 1 else self._stitch(results, inputs, settings, arm_settings)
@@ -510,6 +514,7 @@ class MasterFlatRecipe:
         outputs = [(r, r.lamp) for r in results] if len(results) > 1 else []
         outputs.append((final, ""))
         written_plots = self._finish_plots()
+        checksums = {path: future.result() for path, future in self._checksums.items()}
         for result, lamp in outputs:
             suffix = f"_{lamp}" if lamp else ""
             flats = [f for s in inputs.lamp_sets if s.lamp == lamp or not lamp for f in s.flats]
@@ -517,7 +522,8 @@ class MasterFlatRecipe:
             qc_rows = deduplicate(result.qc)
             header = provenance_header(base, inputs=inputs, raw_frames=[f.path for f in flats],
                                        raw_categories=[c for f, c in zip(raw, categories, strict=True) if f in flats],
-                                       params=params, pro_catg=f"MASTER_FLAT_{arm}", pro_tech="IMAGE", qc_rows=qc_rows)
+                                       params=params, pro_catg=f"MASTER_FLAT_{arm}", pro_tech="IMAGE", qc_rows=qc_rows,
+                                       checksums=checksums)
             flat_path = write_hdulist(image_hdulist(from_ba(result.data, fitted_axis), from_ba(result.mask, fitted_axis),
                                                     from_ba(result.uncertainty, fitted_axis), header),
                                       paths.master_flat(lamp))
