@@ -19,7 +19,15 @@ import numpy as np
 from astropy.io import fits
 
 from soxs_mflat import background, badpixels, edges, plots, stitching
-from soxs_mflat.detrend import Calibration, NoiseModel, dark_scale, nearest_in_time, subtract_bias, subtract_dark
+from soxs_mflat.detrend import (
+    Calibration,
+    Detrending,
+    NoiseModel,
+    bias_detrending,
+    dark_detrending,
+    dark_scale,
+    nearest_in_time,
+)
 from soxs_mflat.errors import UserInputError
 from soxs_mflat.footprints import OrderBounds, frame_binning_ab, from_ba, order_bounds, order_labels, shape_ba, to_ba
 from soxs_mflat.frames import (
@@ -32,6 +40,7 @@ from soxs_mflat.frames import (
     read_order_table,
     read_prepared,
     read_raw_adu,
+    science_region,
 )
 from soxs_mflat.inputs import LampSet, VerifiedInputs, classify, identify_instrument_and_arm, verify
 from soxs_mflat.order_table import OrderTable, to_hdulist
@@ -51,7 +60,7 @@ from soxs_mflat.products import (
 from soxs_mflat.qc import QCRow, deduplicate, failed, qc_row
 from soxs_mflat.settings import ArmSettings, Settings, load_settings, peek_instrument
 from soxs_mflat.sof import InputSet
-from soxs_mflat.stacking import centre_band_mask, measure_levels, ratio_levels, sigma_clipped_stack
+from soxs_mflat.stacking import FlatCube, centre_band_mask, measure_levels, ratio_levels, sigma_clipped_stack
 
 LOGGER = logging.getLogger("soxs_mflat")
 
@@ -235,6 +244,41 @@ class MasterFlatRecipe:
         return prepare_flux(read_raw_adu(frame.path), detector=inputs.detector, binning=inputs.binning,
                             gain=inputs.gain, out=out, static_mask=static_mask)
 
+    def _flat_cube(self, frames: tuple[FrameFile, ...], inputs: VerifiedInputs, static_mask: np.ndarray | None,
+                   fitted_axis: str, settings: Settings, detrendings: list[Detrending]) -> FlatCube:
+        """The frames' science regions in one cube (BA orientation), detrended by ``detrendings`` (one per
+        frame, or none) when read.
+
+        Untouched 8/16-bit raw frames are kept as stored, half the memory of float32 or less, and
+        converted block by block; other frames are prepared into float32 electrons, NaN where masked.
+        """
+        detector = inputs.detector
+        shape = shape_ba(detector.prepared_shape(*inputs.binning), fitted_axis)
+        compact = None if settings.save_intermediate_products else _compact_dtype(frames)
+        stored = np.empty((len(frames), *shape), dtype=compact or np.float32)
+        for i, frame in enumerate(frames):
+            if compact is not None:
+                region = science_region(read_raw_adu(frame.path), detector=detector, binning=inputs.binning)
+                np.copyto(from_ba(stored[i], fitted_axis), region, casting="safe")
+            else:
+                mask = self._flux_into(frame, inputs, static_mask, from_ba(stored[i], fitted_axis), settings)
+                stored[i][to_ba(mask, fitted_axis)] = np.nan
+        per_frame = detrendings or [None] * len(frames)
+        static_ba = to_ba(static_mask, fitted_axis) if compact is not None and static_mask is not None else None
+        combined: dict[int, np.ndarray | None] = {}
+        for detrending in per_frame:
+            own = None if detrending is None else detrending.mask
+            if id(own) not in combined:
+                combined[id(own)] = static_ba if own is None else (own if static_ba is None else own | static_ba)
+        masks = tuple(combined[id(None if d is None else d.mask)] for d in per_frame)
+        return FlatCube(
+            stored,
+            scale=inputs.gain if compact is not None else 1.0,
+            offsets=tuple(None if d is None else d.offset for d in per_frame),
+            masks=masks,
+            saturation=detector.saturation_adu if compact is not None else None,
+        )
+
     def _save_prepared(self, prepared: Prepared, settings: Settings) -> None:
         root = Path(settings.workspace_root_dir or ".")
         stem = prepared.path.name.removesuffix(".Z").removesuffix(".fits")
@@ -273,17 +317,11 @@ class MasterFlatRecipe:
                        settings: Settings) -> Calibration:
         """Clipped mean of the lamp-off/dark frames: a cleaner dark than any single one.
 
-        Each frame is prepared straight into the stack (masked pixels as NaN), so only one prepared
-        frame is in memory besides the stack.
+        The frames are held once, in a :class:`FlatCube`, and detrended block by block while stacked.
         """
-        shape = shape_ba(inputs.detector.prepared_shape(*inputs.binning), fitted_axis)
-        cube = np.empty((len(inputs.darks), *shape), dtype=np.float32)
-        exptimes = []
-        for i, frame in enumerate(inputs.darks):
-            mask = self._flux_into(frame, inputs, static_mask, from_ba(cube[i], fitted_axis), settings)
-            cube[i][to_ba(mask, fitted_axis)] = np.nan
-            exptimes.append(float(frame.header.get(inputs.keywords.exptime, 0.0) or 0.0))
-        stacked = sigma_clipped_stack(cube, np.ones(cube.shape[0]), [NoiseModel(ron=inputs.ron)] * cube.shape[0],
+        cube = self._flat_cube(inputs.darks, inputs, static_mask, fitted_axis, settings, [])
+        exptimes = [float(frame.header.get(inputs.keywords.exptime, 0.0) or 0.0) for frame in inputs.darks]
+        stacked = sigma_clipped_stack(cube, [NoiseModel(ron=inputs.ron)] * cube.n_flats,
                                       sigma=settings.stacked_clipping_sigma,
                                       iterations=settings.stacked_clipping_iterations)
         del cube
@@ -315,21 +353,14 @@ class MasterFlatRecipe:
             darks, dark_index, shared_dark = self._darks(inputs, lamp_set, static_mask, fitted_axis, settings)
             darks = [dark.scaled(dark_scale(instrument=inputs.instrument, flat_exptime=lamp_set.exptime,
                                             dark_exptime=dark.exptime)) for dark in darks]
-        cube = np.empty((len(lamp_set.flats), *frame_ba), dtype=np.float32)
-        noise: list[NoiseModel] = []
-        for i, frame in enumerate(lamp_set.flats):
-            data = cube[i]
-            mask = to_ba(self._flux_into(frame, inputs, static_mask, from_ba(data, fitted_axis), settings), fitted_axis)
-            if bias is not None:
-                data, mask, model = subtract_bias(data, mask, bias, ron=inputs.ron, dark=dark_cal,
-                                                  flat_exptime=lamp_set.exptime)
-            else:
-                data, mask, model = subtract_dark(data, mask, darks[dark_index[i]], ron=inputs.ron, shared=shared_dark)
-            mask |= ~np.isfinite(data)
-            data[mask] = np.nan
-            noise.append(model)
-            del data, mask
-        all_masked = np.all(np.isnan(cube), axis=0)
+        if bias is not None:
+            detrendings = [bias_detrending(bias, ron=inputs.ron, dark=dark_cal, flat_exptime=lamp_set.exptime)]
+            detrendings *= len(lamp_set.flats)
+        else:
+            by_dark = [dark_detrending(dark, ron=inputs.ron, shared=shared_dark) for dark in darks]
+            detrendings = [by_dark[index] for index in dark_index]
+        noise = [d.noise for d in detrendings]
+        cube = self._flat_cube(lamp_set.flats, inputs, static_mask, fitted_axis, settings, detrendings)
 
         centres = read_order_table(lamp_set.order_table.path)
         if centres.fitted_axis != fitted_axis:
@@ -348,19 +379,16 @@ class MasterFlatRecipe:
                 f"No lamp light was found around the order centres in {', '.join(bad)}. Check that these are lamp-on "
                 f"flats and that {lamp_set.order_table.path.name} is the order-centre table of this arm and slit."
             )
-        for i, level in enumerate(first_levels.levels):
-            cube[i] /= np.float32(level)
+        cube = cube.with_levels(first_levels.levels)
         LOGGER.info("Exposure levels (e-): %s", ", ".join(f"{v:.1f}" for v in first_levels.levels))
-        first = sigma_clipped_stack(cube, first_levels.levels, noise, sigma=settings.stacked_clipping_sigma,
-                                    iterations=settings.stacked_clipping_iterations, all_masked=all_masked, where=band)
+        first = sigma_clipped_stack(cube, noise, sigma=settings.stacked_clipping_sigma,
+                                    iterations=settings.stacked_clipping_iterations, where=band)
         relative = ratio_levels(cube, first.data, band)
         del first
-        for i, value in enumerate(relative):
-            cube[i] /= np.float32(value)
-        levels = first_levels.levels * relative
+        cube = cube.with_levels(first_levels.levels * relative)
         LOGGER.info("Second pass: relative levels %s", ", ".join(f"{v:.5f}" for v in relative))
-        combined = sigma_clipped_stack(cube, levels, noise, sigma=settings.stacked_clipping_sigma,
-                                       iterations=settings.stacked_clipping_iterations, all_masked=all_masked)
+        combined = sigma_clipped_stack(cube, noise, sigma=settings.stacked_clipping_sigma,
+                                       iterations=settings.stacked_clipping_iterations)
         del cube
         LOGGER.info("Stacked: %d values clipped", combined.n_clipped)
 
@@ -598,6 +626,21 @@ class MasterFlatRecipe:
         text += f"Recipe Run Time: {time.monotonic() - started:.1f}s\n"
         text += f"Recipe Command: {self.command}\n"
         write_text(text, path)
+
+
+def _compact_dtype(frames: tuple[FrameFile, ...]) -> np.dtype | None:
+    """The integer type every frame's raw image reads as, if they all share one of at most 16 bits
+    and are read unscaled (no BSCALE, no BLANK, BZERO only as the unsigned-integer offset)."""
+    kinds = set()
+    for frame in frames:
+        header = frame.header
+        if frame.is_prepared or "BLANK" in header or float(header.get("BSCALE", 1)) != 1:
+            return None
+        bitpix, bzero = int(header.get("BITPIX", 0)), float(header.get("BZERO", 0))
+        kinds.add((bitpix, bzero))
+    if len(kinds) != 1:
+        return None
+    return {(8, 0.0): np.dtype(np.uint8), (16, 0.0): np.dtype(np.int16), (16, 32768.0): np.dtype(np.uint16)}.get(kinds.pop())
 
 
 def _fit_edges(detections: edges.EdgeDetections, arm: ArmSettings, binning_ab: tuple[int, int]) -> edges.EdgeFit:

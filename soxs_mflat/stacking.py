@@ -1,24 +1,99 @@
 """Normalisation and sigma-clipped stacking of the detrended flats (spec §5.8 steps 3–5).
 
-The flats live in one float32 cube ``(n_flats, rows, columns)`` with masked pixels set to NaN;
-every operation here works on that cube in place or in row blocks, so the peak memory stays near
-one cube plus a few frames.
+The flats are held once, in a :class:`FlatCube` of their raw values (16-bit integers for raw
+frames: half the memory of float32), and detrended, masked and normalised on the fly for each
+cache-sized row block or set of pixels a step reads, so the peak memory stays near that cube plus
+a few frames.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import bottleneck as bn
 import numpy as np
 
-from soxs_mflat.detrend import NoiseModel
+from soxs_mflat.detrend import NoiseModel, pick_pixels
 
 MAD_TO_SIGMA = 1.482602218505602
 CHUNK_PIXELS = 1 << 15
 SAMPLE_SIZE = 1 << 18
 MAX_SPREAD_RATIO = 1.5
+
+
+@dataclass(frozen=True)
+class FlatCube:
+    """The flats of one stack (BA orientation), read detrended, masked and normalised.
+
+    A value read is ``(stored × scale − offset) / level``, NaN where the flat's ``mask`` is set, the
+    stored value is NaN, or it is at or above ``saturation`` (in stored units). ``offsets`` and
+    ``masks`` are per flat and usually the same arrays for every flat (one bias, one dark).
+    """
+
+    stored: np.ndarray
+    scale: float = 1.0
+    offsets: tuple[np.ndarray | None, ...] = ()
+    masks: tuple[np.ndarray | None, ...] = ()
+    saturation: float | None = None
+    levels: np.ndarray | None = None
+
+    @classmethod
+    def of_frames(cls, frames: np.ndarray) -> FlatCube:
+        """A cube of frames already in e⁻ (NaN where masked), not yet normalised."""
+        return cls(np.asarray(frames, dtype=np.float32))
+
+    def __post_init__(self) -> None:
+        n_flats = self.stored.shape[0]
+        object.__setattr__(self, "offsets", tuple(self.offsets) or (None,) * n_flats)
+        object.__setattr__(self, "masks", tuple(self.masks) or (None,) * n_flats)
+        levels = np.ones(n_flats) if self.levels is None else np.asarray(self.levels, dtype=np.float64)
+        object.__setattr__(self, "levels", levels)
+
+    @property
+    def n_flats(self) -> int:
+        """Number of flats."""
+        return self.stored.shape[0]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """Shape of one flat."""
+        return self.stored.shape[1:]
+
+    def with_levels(self, levels: np.ndarray) -> FlatCube:
+        """The same flats normalised by ``levels`` instead (no data is copied)."""
+        return replace(self, levels=np.asarray(levels, dtype=np.float64))
+
+    def block(self, rows: slice, select: np.ndarray | None = None) -> np.ndarray:
+        """Values of rows ``rows`` of every flat — only pixels ``select`` of them if given — as
+        float32 (n_flats, rows, columns) or (n_flats, n_selected)."""
+        size = self.stored[0, rows].shape if select is None else (int(np.count_nonzero(select)),)
+        out = np.empty((self.n_flats, *size), dtype=np.float32)
+        for i in range(self.n_flats):
+            stored = self.stored[i, rows] if select is None else self.stored[i, rows][select]
+            self._read(i, stored, rows, select, out[i])
+        return out
+
+    def values(self, index: int, select: np.ndarray) -> np.ndarray:
+        """Values of flat ``index`` at the pixels ``select`` (a boolean frame), float32."""
+        out = np.empty(int(np.count_nonzero(select)), dtype=np.float32)
+        self._read(index, self.stored[index][select], slice(None), select, out)
+        return out
+
+    def _read(self, index: int, stored: np.ndarray, rows: slice, select: np.ndarray | None, out: np.ndarray) -> None:
+        np.multiply(stored, np.float32(self.scale), out=out, casting="unsafe")
+        offset = self.offsets[index]
+        if offset is not None:
+            out -= pick_pixels(offset, rows, select)
+        bad = None if self.saturation is None else stored >= self.saturation
+        mask = self.masks[index]
+        if mask is not None:
+            mask = pick_pixels(mask, rows, select)
+            bad = mask if bad is None else bad | mask
+        if bad is not None:
+            out[bad] = np.nan
+        if self.levels[index] != 1.0:
+            out /= np.float32(self.levels[index])
 
 
 @dataclass(frozen=True)
@@ -63,22 +138,23 @@ def centre_band_mask(shape_ba: tuple[int, int], centres_ba: np.ndarray, valid: n
     return band
 
 
-def measure_levels(cube: np.ndarray, band: np.ndarray, *, workers: int = 2) -> ExposureLevels:
-    """Robust exposure level of each flat from its finite pixels in the band.
+def measure_levels(cube: FlatCube, band: np.ndarray, *, workers: int = 2) -> ExposureLevels:
+    """Robust exposure level (e⁻) of each flat from its finite pixels in the band.
 
     The level is a 3σ-clipped mean around the median (MAD spread), which ignores defects and cosmic
     rays but keeps the statistical precision of a mean. Flats are measured on ``workers`` threads.
     """
+    cube = cube.with_levels(np.ones(cube.n_flats))
 
-    def measure(frame: np.ndarray) -> tuple[float, np.ndarray]:
-        values = frame[band]
+    def measure(index: int) -> tuple[float, np.ndarray]:
+        values = cube.values(index, band)
         values = values[np.isfinite(values)]
         if values.size == 0:
             return np.nan, np.full(3, np.nan)
         return clipped_mean(values, sigma=3.0), np.percentile(values, [10, 50, 90])
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        measured = list(pool.map(measure, cube))
+        measured = list(pool.map(measure, range(cube.n_flats)))
     return ExposureLevels(np.array([m[0] for m in measured]), np.array([m[1] for m in measured]))
 
 
@@ -103,49 +179,47 @@ def clipped_mean(values: np.ndarray, *, sigma: float, iterations: int = 5) -> fl
     return float(np.mean(values[np.abs(values - np.float32(centre)) <= sigma * spread], dtype=np.float64))
 
 
-def ratio_levels(cube: np.ndarray, reference: np.ndarray, band: np.ndarray, *, workers: int = 2) -> np.ndarray:
-    """Second-pass level of each flat: clipped mean of ``flat / reference`` over the band."""
+def ratio_levels(cube: FlatCube, reference: np.ndarray, band: np.ndarray, *, workers: int = 2) -> np.ndarray:
+    """Second-pass level of each (normalised) flat: clipped mean of ``flat / reference`` over the band."""
     good_reference = band & np.isfinite(reference) & (reference > 0)
     reference_values = reference[good_reference]
 
-    def level(frame: np.ndarray) -> float:
-        ratio = frame[good_reference] / reference_values
+    def level(index: int) -> float:
+        ratio = cube.values(index, good_reference) / reference_values
         ratio = ratio[np.isfinite(ratio)]
         return clipped_mean(ratio, sigma=3.0) if ratio.size else np.nan
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return np.array(list(pool.map(level, cube)))
+        return np.array(list(pool.map(level, range(cube.n_flats))))
 
 
 def sigma_clipped_stack(
-    cube: np.ndarray,
-    levels: np.ndarray,
+    cube: FlatCube,
     noise: list[NoiseModel],
     *,
     sigma: float,
     iterations: int,
-    all_masked: np.ndarray | None = None,
     where: np.ndarray | None = None,
     workers: int = 2,
 ) -> StackResult:
-    """Combine normalised flats (cube = flat / level, NaN where masked) pixel by pixel.
+    """Combine the normalised flats of ``cube`` pixel by pixel.
 
     Each pixel's values are clipped iteratively at ``sigma`` × spread around their median, where
     the spread is the MAD-σ of the values bounded by the expected noise of one flat (see
     :func:`_clip_pass`); the survivors are averaged. The uncertainty propagates each survivor's own
     variance and the calibration variance common to all flats. A pixel is masked only if every input
     was masked there, or every value was clipped. ``where`` restricts the work to those pixels (the
-    rest come back NaN and masked). The cube is not modified.
+    rest come back NaN and masked).
 
     The spread is never below the expected noise, so a pixel whose values span less than ``sigma``
     times that noise cannot lose a value: only the few pixels that fail this test are sorted and
     clipped. Row blocks small enough to stay in cache are shared among ``workers`` threads.
     """
-    _, n_rows, n_cols = cube.shape
+    n_rows, n_cols = cube.frame_shape
     data = np.full((n_rows, n_cols), np.nan, dtype=np.float32)
     uncertainty = np.full((n_rows, n_cols), np.nan, dtype=np.float32)
-    n_used = np.zeros((n_rows, n_cols), dtype=np.int16)
-    block = _Block(cube, np.asarray(levels, dtype=np.float64), noise, np.float32(sigma), iterations, where)
+    n_used = np.zeros((n_rows, n_cols), dtype=np.uint16)
+    block = _Block(cube, noise, np.float32(sigma), iterations, where)
     step = max(1, CHUNK_PIXELS // max(n_cols, 1))
     blocks = [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
     outputs = (data, uncertainty, n_used)
@@ -155,8 +229,6 @@ def sigma_clipped_stack(
     else:
         n_clipped = sum(block.combine(rows, outputs) for rows in blocks)
     mask = n_used == 0
-    if all_masked is not None:
-        mask |= all_masked
     data[mask] = np.nan
     uncertainty[mask] = np.nan
     return StackResult(data, uncertainty, mask, n_used, int(n_clipped))
@@ -166,8 +238,7 @@ def sigma_clipped_stack(
 class _Block:
     """What every row block of one stack needs."""
 
-    cube: np.ndarray
-    levels: np.ndarray
+    cube: FlatCube
     noise: list[NoiseModel]
     sigma: np.float32
     iterations: int
@@ -178,16 +249,17 @@ class _Block:
         select = None if self.where is None else self.where[rows]
         if select is not None and not select.any():
             return 0
-        values = self.cube[:, rows] if select is None else self.cube[:, rows][:, select]
+        values = self.cube.block(rows, select)
         n_flats = values.shape[0]
-        inverse_squared = (1.0 / self.levels**2).astype(np.float32)
+        levels = self.cube.levels
+        inverse_squared = (1.0 / levels**2).astype(np.float32)
         variance = np.empty_like(values)
         for i in range(n_flats):
-            flux = values[i] * np.float32(self.levels[i])
+            flux = values[i] * np.float32(levels[i])
             variance[i] = self.noise[i].variance(flux, rows, select)
             variance[i] *= inverse_squared[i]
         finite = ~np.isnan(values)
-        count = finite.sum(axis=0, dtype=np.int16)
+        count = finite.sum(axis=0, dtype=np.uint16)
         summed = np.where(finite, values, np.float32(0)).sum(axis=0)
         summed_variance = np.where(finite, variance, np.float32(0)).sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -202,7 +274,7 @@ class _Block:
                 kept = ~clipped & ~np.isnan(candidates)
                 summed[suspect] = np.where(kept, candidates, np.float32(0)).sum(axis=0)
                 summed_variance[suspect] = np.where(kept, variance[:, suspect], np.float32(0)).sum(axis=0)
-                count[suspect] = kept.sum(axis=0, dtype=np.int16)
+                count[suspect] = kept.sum(axis=0, dtype=np.uint16)
         common = sum(self.noise[i].common(rows, select) * inverse_squared[i] for i in range(n_flats)) / n_flats
         data, uncertainty, n_used = outputs
         with np.errstate(invalid="ignore", divide="ignore"):

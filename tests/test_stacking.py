@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from soxs_mflat.detrend import Calibration, NoiseModel, dark_scale, nearest_in_time, subtract_bias, subtract_dark
-from soxs_mflat.stacking import centre_band_mask, clipped_mean, measure_levels, ratio_levels, sigma_clipped_stack
+from soxs_mflat.detrend import Calibration, NoiseModel, bias_detrending, dark_detrending, dark_scale, nearest_in_time
+from soxs_mflat.stacking import (
+    MAD_TO_SIGMA,
+    MAX_SPREAD_RATIO,
+    FlatCube,
+    centre_band_mask,
+    clipped_mean,
+    measure_levels,
+    ratio_levels,
+    sigma_clipped_stack,
+)
 
 RON = 5.0
 
@@ -24,13 +33,14 @@ def _flats(n: int = 5, shape: tuple[int, int] = (300, 200), level: float = 20000
 
 def _stack(frames: np.ndarray, *, sigma: float = 5.0, iterations: int = 5):
     band = np.ones(frames.shape[1:], dtype=bool)
-    levels = measure_levels(frames, band)
-    cube = frames / levels.levels[:, None, None].astype(np.float32)
+    cube = FlatCube.of_frames(frames)
+    levels = measure_levels(cube, band)
+    cube = cube.with_levels(levels.levels)
     noise = [NoiseModel(ron=RON) for _ in frames]
-    first = sigma_clipped_stack(cube, levels.levels, noise, sigma=sigma, iterations=iterations)
+    first = sigma_clipped_stack(cube, noise, sigma=sigma, iterations=iterations)
     relative = ratio_levels(cube, first.data, band)
-    cube /= relative[:, None, None].astype(np.float32)
-    return sigma_clipped_stack(cube, levels.levels * relative, noise, sigma=sigma, iterations=iterations), levels
+    cube = cube.with_levels(levels.levels * relative)
+    return sigma_clipped_stack(cube, noise, sigma=sigma, iterations=iterations), levels
 
 
 def test_stack_recovers_response_at_photon_noise() -> None:
@@ -78,40 +88,95 @@ def test_nans_and_fully_masked_pixels() -> None:
 
 def test_all_masked_input_stays_masked() -> None:
     frames, _, _ = _flats(seed=6)
-    all_masked = np.zeros(frames.shape[1:], dtype=bool)
-    all_masked[5, 6] = True
+    frames[:, 5, 6] = np.nan
     band = np.ones(frames.shape[1:], dtype=bool)
-    levels = measure_levels(frames, band).levels
-    result = sigma_clipped_stack(frames / levels[:, None, None].astype(np.float32), levels,
-                                 [NoiseModel(ron=RON)] * 5, sigma=5, iterations=3, all_masked=all_masked)
-    assert result.mask[5, 6] and result.mask.sum() == 1
+    cube = FlatCube.of_frames(frames)
+    cube = cube.with_levels(measure_levels(cube, band).levels)
+    result = sigma_clipped_stack(cube, [NoiseModel(ron=RON)] * 5, sigma=5, iterations=3)
+    assert result.mask[5, 6] and result.mask.sum() == 1 and result.n_used[5, 6] == 0
 
 
-def test_bias_subtraction_propagates_and_masks() -> None:
+def test_bias_detrending_propagates_and_masks() -> None:
     flat = np.full((4, 4), 1500.0, np.float32)
-    mask = np.zeros((4, 4), bool)
     bias_mask = np.zeros((4, 4), bool)
     bias_mask[1, 1] = True
     bias = Calibration(np.full((4, 4), 500.0, np.float32), np.full((4, 4), 2.0, np.float32), bias_mask)
-    data, out_mask, noise = subtract_bias(flat.copy(), mask, bias, ron=RON)
-    assert np.allclose(data, 1000.0) and out_mask[1, 1] and out_mask.sum() == 1
-    assert np.allclose(noise.variance(data), 1000.0 + RON**2)
-    assert np.allclose(noise.common_variance, 4.0)
+    detrending = bias_detrending(bias, ron=RON)
+    data = flat - detrending.offset
+    assert np.allclose(data, 1000.0) and detrending.mask[1, 1] and detrending.mask.sum() == 1
+    assert np.allclose(detrending.noise.variance(data), 1000.0 + RON**2)
+    assert np.allclose(detrending.noise.common(), 4.0)
     dark = Calibration(np.full((4, 4), 520.0, np.float32), np.full((4, 4), 1.0, np.float32), np.zeros((4, 4), bool), 20.0)
-    data, _, _ = subtract_bias(flat, mask, bias, ron=RON, dark=dark, flat_exptime=10.0)
-    assert np.allclose(data, 990.0)
+    with_dark = bias_detrending(bias, ron=RON, dark=dark, flat_exptime=10.0)
+    assert np.allclose(flat - with_dark.offset, 990.0)
+    assert np.allclose(with_dark.noise.common(), 4.0 + 0.25)
 
 
-def test_dark_subtraction_keeps_dark_photons_in_the_noise() -> None:
+def test_dark_detrending_keeps_dark_photons_in_the_noise() -> None:
     flat = np.full((3, 3), 3000.0, np.float32)
     dark = Calibration(np.full((3, 3), 200.0, np.float32), np.full((3, 3), 15.0, np.float32), np.zeros((3, 3), bool), 10.0)
-    data, _, noise = subtract_dark(flat.copy(), np.zeros((3, 3), bool), dark, ron=RON, shared=False)
-    assert dark.scaled(2.0).data[0, 0] == 400.0 and dark.scaled(2.0).variance[0, 0] == 900.0
+    detrending = dark_detrending(dark, ron=RON, shared=False)
+    assert dark.scaled(2.0).data[0, 0] == 400.0 and dark.scaled(2.0).uncertainty[0, 0] == 30.0
+    data = flat - detrending.offset
     assert np.allclose(data, 2800.0)
-    assert np.allclose(noise.variance(data), 3000.0 + RON**2 + 225.0)
+    assert np.allclose(detrending.noise.variance(data), 3000.0 + RON**2 + 225.0)
+    assert np.allclose(dark_detrending(dark, ron=RON, shared=True).noise.common(), 225.0)
     assert dark_scale(instrument="soxs", flat_exptime=20, dark_exptime=10) == 1.0
     assert dark_scale(instrument="xsh", flat_exptime=20, dark_exptime=10) == 2.0
     assert nearest_in_time(60000.5, np.array([60000.1, 60000.45, 60000.9])) == 1
+
+
+def test_compact_cube_reads_like_prepared_frames() -> None:
+    """Raw 16-bit values read back as (raw × gain − offset) / level with saturation and masks as NaN."""
+    rng = np.random.default_rng(9)
+    raw = rng.integers(1000, 60000, (3, 40, 30)).astype(np.uint16)
+    raw[1, 3, 4] = 65535
+    offset = rng.normal(300, 5, (40, 30)).astype(np.float32)
+    mask = np.zeros((40, 30), bool)
+    mask[7, 8] = True
+    levels = np.array([1.0, 2.0, 0.5])
+    cube = FlatCube(raw, scale=1.5, offsets=(offset,) * 3, masks=(mask,) * 3, saturation=65535.0, levels=levels)
+    expected = (raw.astype(np.float32) * np.float32(1.5) - offset) / levels[:, None, None].astype(np.float32)
+    expected[:, mask] = np.nan
+    expected[1, 3, 4] = np.nan
+    rows = slice(2, 20)
+    np.testing.assert_allclose(cube.block(rows), expected[:, rows], rtol=1e-6)
+    select = rng.random((18, 30)) < 0.3
+    np.testing.assert_allclose(cube.block(rows, select), expected[:, rows][:, select], rtol=1e-6)
+    band = rng.random((40, 30)) < 0.5
+    np.testing.assert_allclose(cube.values(1, band), expected[1][band], rtol=1e-6)
+
+
+def _reference_stack(values: np.ndarray, variance: np.ndarray, sigma: float, iterations: int):
+    """Plain per-pixel clipping over the whole cube: the definition the fast stack must match."""
+    values = values.copy()
+    floor = np.sqrt(np.nanmean(variance, axis=0))
+    for _ in range(iterations):
+        centre = np.nanmedian(values, axis=0)
+        spread = np.clip(MAD_TO_SIGMA * np.nanmedian(np.abs(values - centre), axis=0), floor, MAX_SPREAD_RATIO * floor)
+        clip = np.abs(values - centre) > sigma * spread
+        if not clip.any():
+            break
+        values[clip] = np.nan
+    return np.nanmean(values, axis=0), np.isfinite(values).sum(axis=0)
+
+
+@pytest.mark.parametrize("sigma", [5.0, 2.5])
+def test_fast_stack_equals_plain_clipping(sigma: float) -> None:
+    """Only pixels whose values span more than sigma × noise are clipped; the result is the same."""
+    frames, _, _ = _flats(seed=11, shape=(120, 90))
+    rng = np.random.default_rng(12)
+    hits = rng.integers(0, frames.size, 300)
+    frames.reshape(-1)[hits] += rng.uniform(100, 20000, hits.size).astype(np.float32)
+    frames[rng.random(frames.shape) < 0.01] = np.nan
+    noise = [NoiseModel(ron=RON)] * 5
+    result = sigma_clipped_stack(FlatCube.of_frames(frames), noise, sigma=sigma, iterations=4)
+    variance = np.stack([n.variance(f) for n, f in zip(noise, frames, strict=True)])
+    variance[np.isnan(frames)] = np.nan
+    mean, count = _reference_stack(frames, variance, sigma, 4)
+    np.testing.assert_array_equal(result.n_used, count)
+    np.testing.assert_allclose(result.data, mean, rtol=1e-6)
+    assert result.n_clipped == np.isfinite(frames).sum() - count.sum()
 
 
 def test_centre_band_and_clipped_mean() -> None:
