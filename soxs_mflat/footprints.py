@@ -85,17 +85,31 @@ def order_bounds(
     return OrderBounds(orders, low, centre, up, valid)
 
 
+def order_window(bounds: OrderBounds, k: int, n_a: int, *, margin: float = 0.0) -> slice:
+    """Columns (along A) that order ``k``, widened by ``margin`` px, touches on any valid row; empty if none.
+
+    Per-order work confined to this window costs the order's footprint, not the whole frame.
+    """
+    valid = bounds.valid[k]
+    if not valid.any():
+        return slice(0, 0)
+    start = max(int(np.floor(np.min(bounds.low[k][valid]) - margin)), 0)
+    stop = min(int(np.ceil(np.max(bounds.up[k][valid]) + margin)) + 1, n_a)
+    return slice(start, max(start, stop))
+
+
 def order_labels(bounds: OrderBounds, shape_ba: tuple[int, int], *, grow: float = 0.0) -> np.ndarray:
     """Label image (BA orientation): ``k + 1`` where a pixel centre lies within order ``k``'s bounds
     widened by ``grow`` pixels on both sides, 0 elsewhere. Later orders win where grown bounds overlap.
     """
     n_a = shape_ba[1]
     labels = np.zeros(shape_ba, dtype=np.int16)
-    a = np.arange(n_a, dtype=np.float64)[None, :]
     for k in range(bounds.orders.size):
+        window = order_window(bounds, k, n_a, margin=max(grow, 0.0))
+        a = np.arange(window.start, window.stop, dtype=np.float64)[None, :]
         inside = (a >= (bounds.low[k] - grow)[:, None]) & (a <= (bounds.up[k] + grow)[:, None])
         inside &= bounds.valid[k][:, None]
-        labels[inside] = k + 1
+        labels[:, window][inside] = k + 1
     return labels
 
 

@@ -131,10 +131,17 @@ def centre_band_mask(shape_ba: tuple[int, int], centres_ba: np.ndarray, valid: n
     n_a = shape_ba[1]
     band = np.zeros(shape_ba, dtype=bool)
     start = np.floor(centres_ba).astype(np.int64) - half_width
-    a = np.arange(n_a)[None, :]
     for k in range(centres_ba.shape[0]):
-        inside = (a >= start[k][:, None]) & (a < (start[k] + 2 * half_width)[:, None]) & valid[k][:, None]
-        band |= inside
+        rows = valid[k]
+        if not rows.any():
+            continue
+        first = max(int(start[k][rows].min()), 0)
+        last = min(int(start[k][rows].max()) + 2 * half_width, n_a)
+        if last <= first:
+            continue
+        a = np.arange(first, last)[None, :]
+        inside = (a >= start[k][:, None]) & (a < (start[k] + 2 * half_width)[:, None]) & rows[:, None]
+        band[:, first:last] |= inside
     return band
 
 
