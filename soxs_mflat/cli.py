@@ -70,18 +70,24 @@ def rerun_command(arguments: dict, output_root: Path, *, verbose: bool) -> str:
 
 
 def _run_mflat(arguments: dict, *, verbose: bool) -> int:
-    from soxs_mflat.recipe import MasterFlatRecipe
-    from soxs_mflat.report import format_report
-    from soxs_mflat.sof import parse_input_frames
+    from soxs_mflat.plots import PlotProcess
 
-    cwd = Path.cwd()
-    input_set = parse_input_frames(arguments["<inputFrames>"], cwd=cwd)
-    settings_file = Path(arguments["-s"]).expanduser().resolve() if arguments["-s"] else None
-    output = Path(arguments["-o"]).expanduser().resolve() if arguments["-o"] else None
-    recipe = MasterFlatRecipe(input_set, settings_file=settings_file, output_dir=output,
-                              overwrite=arguments["--overwrite"], command="")
-    recipe.command = rerun_command(arguments, output or cwd, verbose=verbose)
-    result = recipe.run()
+    plotter = PlotProcess()  # imports matplotlib on the other core while this process imports the rest
+    try:
+        from soxs_mflat.recipe import MasterFlatRecipe
+        from soxs_mflat.report import format_report
+        from soxs_mflat.sof import parse_input_frames
+
+        cwd = Path.cwd()
+        input_set = parse_input_frames(arguments["<inputFrames>"], cwd=cwd)
+        settings_file = Path(arguments["-s"]).expanduser().resolve() if arguments["-s"] else None
+        output = Path(arguments["-o"]).expanduser().resolve() if arguments["-o"] else None
+        recipe = MasterFlatRecipe(input_set, settings_file=settings_file, output_dir=output,
+                                  overwrite=arguments["--overwrite"], command="", plotter=plotter)
+        recipe.command = rerun_command(arguments, output or cwd, verbose=verbose)
+        result = recipe.run()
+    finally:
+        plotter.close()
     print(format_report(result, verbose=verbose))
     print(f"Recipe Run Time: {result.run_seconds:.1f}s")
     print(f"Recipe Command: {recipe.command}")

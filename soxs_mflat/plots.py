@@ -266,8 +266,6 @@ def render(figure: OrderLocationFigure | BackgroundFigure, path: Path | str) -> 
         fig = Figure(figsize=(12.0, 9.0))
         _draw_background(fig, figure)
     for ax in fig.axes:
-        for artist in [*ax.images, *ax.collections]:
-            artist.set_rasterized(True)
         for line in ax.lines:
             if len(line.get_xdata()) > 500 and line.get_marker() not in (None, "None", ""):
                 line.set_rasterized(True)
@@ -428,6 +426,8 @@ class PlotProcess:
             for i in range(len(self._jobs)):
                 line = lines[i] if i < len(lines) else f"error the plotting process stopped: {crash[-1:] or ['?']}"
                 results.append(None if line == "ok" else line.removeprefix("error "))
+            self._child.stdout.close()
+            self._child = None
         else:
             for figure, path in self._jobs:
                 try:
@@ -440,10 +440,14 @@ class PlotProcess:
         return results
 
     def close(self) -> None:
-        """Stop the child without waiting for its work (after a failed run)."""
-        if self._child is not None and self._child.poll() is None:
-            self._child.kill()
-            self._child.wait()
+        """Stop the child without waiting for its work (after a failed run); nothing once finished."""
+        if self._child is not None:
+            if self._child.poll() is None:
+                self._child.kill()
+                self._child.wait()
+            for stream in (self._child.stdin, self._child.stdout):
+                stream.close()
+            self._child = None
         self._errors.close()
 
 

@@ -125,14 +125,16 @@ class MasterFlatRecipe:
         output_dir: Path | None = None,
         overwrite: bool = False,
         command: str = "",
+        plotter: plots.PlotProcess | None = None,
     ) -> None:
+        """``plotter``: a plot process started early by the caller (one is started otherwise)."""
         self.input_set = inputs
         self.settings_file = settings_file
         self.output_dir = output_dir
         self.overwrite = overwrite
         self.command = command
         self.log_buffer = io.StringIO()
-        self._plotter: plots.PlotProcess | None = None
+        self._plotter = plotter
         self._plots: list[PendingPlot] = []
         self._product_paths: ProductPaths | None = None
         self._checksums: dict[Path, Future] = {}
@@ -149,7 +151,7 @@ class MasterFlatRecipe:
             paths = self._paths(inputs, settings)
             self._refuse_to_clobber(paths, inputs)
             self._product_paths = paths
-            self._plotter = plots.PlotProcess()
+            self._plotter = self._plotter or plots.PlotProcess()
             self._checksums = start_checksums(c.path for c in inputs.calibrations)
             arm_settings = settings.arm(inputs.arm)
             results = [self._reduce_lamp(lamp_set, inputs, settings, arm_settings) for lamp_set in inputs.lamp_sets]
