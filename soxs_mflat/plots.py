@@ -10,11 +10,14 @@ draws one description in the current process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -384,14 +387,17 @@ def _draw_background(fig: object, figure: BackgroundFigure) -> None:
 class PlotProcess:
     """Draw figures in a child process while the caller goes on.
 
-    :meth:`submit` sends a description and the file to write; :meth:`finish` waits for every
-    figure and returns, per submitted file, ``None`` if it was written or the error message. If
-    the child cannot be started the figures are drawn in this process at :meth:`finish`.
+    :meth:`submit` queues a description and the file to write and returns at once (a feeder thread
+    passes it to the child, which reads only between figures); :meth:`finish` waits for every
+    figure and returns, per submitted file, ``None`` if it was written or the error message. If the
+    child cannot be started the figures are drawn in this process at :meth:`finish`.
     """
 
     def __init__(self) -> None:
         self._jobs: list[tuple[object, Path]] = []
         self._errors = tempfile.TemporaryFile()
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._feeder: threading.Thread | None = None
         try:
             self._child: subprocess.Popen | None = subprocess.Popen(
                 [sys.executable, "-m", "soxs_mflat.plots"],
@@ -402,23 +408,33 @@ class PlotProcess:
             )
         except OSError:
             self._child = None
+        else:
+            self._feeder = threading.Thread(target=self._feed, args=(self._child.stdin,), daemon=True)
+            self._feeder.start()
+
+    def _feed(self, stream: IO[bytes]) -> None:
+        """Write queued jobs to the child until the end marker (or until the child is gone)."""
+        try:
+            while (message := self._outbox.get()) is not None:
+                stream.write(message)
+                stream.flush()
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            stream.close()
 
     def submit(self, figure: OrderLocationFigure | BackgroundFigure, path: Path) -> None:
         """Queue ``figure`` to be drawn into ``path``."""
         self._jobs.append((figure, path))
         if self._child is not None:
-            try:
-                pickle.dump((figure, str(path)), self._child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-                self._child.stdin.flush()
-            except OSError:
-                self._child.kill()
-                self._child = None
+            self._outbox.put(pickle.dumps((figure, str(path)), protocol=pickle.HIGHEST_PROTOCOL))
 
     def finish(self) -> list[str | None]:
         """Wait for every queued figure; per job, ``None`` if written or why it was not."""
         results: list[str | None] = []
         if self._child is not None:
-            self._child.stdin.close()
+            self._outbox.put(None)
+            self._feeder.join()
             lines = self._child.stdout.read().decode("utf-8", "replace").splitlines()
             self._child.wait()
             self._errors.seek(0)
@@ -445,8 +461,9 @@ class PlotProcess:
             if self._child.poll() is None:
                 self._child.kill()
                 self._child.wait()
-            for stream in (self._child.stdin, self._child.stdout):
-                stream.close()
+            self._outbox.put(None)
+            self._feeder.join()
+            self._child.stdout.close()
             self._child = None
         self._errors.close()
 

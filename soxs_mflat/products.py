@@ -222,11 +222,11 @@ def provenance_header(
 
 def image_hdulist(data: np.ndarray, mask: np.ndarray, uncertainty: np.ndarray, header: fits.Header) -> fits.HDUList:
     """FLUX (float32) / QUAL (uint8) / ERRS (float32) HDUs (spec §2.3, §5.1)."""
-    primary = fits.PrimaryHDU(data.astype(np.float32), header=header)
+    primary = fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=header)
     primary.header["EXTNAME"] = "FLUX"
     primary.header["BUNIT"] = ""
-    qual = fits.ImageHDU(mask.astype(np.uint8), name="QUAL")
-    errs = fits.ImageHDU(uncertainty.astype(np.float32), name="ERRS")
+    qual = fits.ImageHDU(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8), name="QUAL")
+    errs = fits.ImageHDU(np.asarray(uncertainty, dtype=np.float32), name="ERRS")
     errs.header["UTYPE"] = "StdDevUncertainty"
     errs.header["BUNIT"] = ""
     return fits.HDUList([primary, qual, errs])

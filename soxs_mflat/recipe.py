@@ -456,7 +456,7 @@ class MasterFlatRecipe:
         labels = order_labels(bounds, flat.shape)
         inside = labels > 0
         mask = (input_mask | bad.mask) & inside
-        data = np.where(inside, flat, np.float32(1.0)).astype(np.float32)
+        data = np.asarray(np.where(inside, flat, np.float32(1.0)), dtype=np.float32)
         data[~np.isfinite(data)] = np.float32(1.0)
         LOGGER.info("Bad pixels newly flagged: %s", ", ".join(f"{k} {v}" for k, v in bad.counts.items()))
         counts: dict[str, float] = dict(badpixels.bad_pixel_qc(bad, mask))
@@ -573,7 +573,7 @@ class MasterFlatRecipe:
             if result.background is not None:
                 bkg_header = header.copy()
                 bkg_header["HIERARCH ESO PRO CATG"] = f"FLAT_BKGROUND_{arm}"
-                bkg = fits.PrimaryHDU(from_ba(result.background, fitted_axis).astype(np.float32), header=bkg_header)
+                bkg = fits.PrimaryHDU(np.asarray(from_ba(result.background, fitted_axis), dtype=np.float32), header=bkg_header)
                 bkg.header["EXTNAME"] = "FLUX"
                 bkg_path = write_hdulist(fits.HDUList([bkg]), paths.background(lamp))
                 records.append(ProductRecord(f"BKGROUND{suffix}", bkg_path, "FITS", "QC",

@@ -79,3 +79,15 @@ def test_plot_process_draws_in_a_child_and_reports_failures(figures: dict, tmp_p
     assert results[:2] == [None, None]
     assert all(p.read_bytes().startswith(b"%PDF") for p in good)
     assert results[2] is not None and "missing-folder" in results[2]
+
+
+def test_plot_process_stops_cleanly(figures: dict, tmp_path) -> None:
+    """A run that fails drops its figures at once; a child that dies is reported per figure, not raised."""
+    plotter = PlotProcess()
+    plotter.submit(figures["x"][0], tmp_path / "never.pdf")
+    plotter.close()
+    crashed = PlotProcess()
+    crashed.submit(figures["x"][1], tmp_path / "lost.pdf")
+    crashed._child.kill()
+    results = crashed.finish()
+    assert len(results) == 1 and "stopped" in results[0] and not (tmp_path / "lost.pdf").exists()
