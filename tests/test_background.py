@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import bottleneck as bn
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
@@ -178,3 +179,137 @@ def test_local_linear_smoothing_follows_a_slope_to_the_ends_and_across_holes() -
     weights[80:120] = 0.0
     smoothed = local_linear_smooth(values, weights, 10.0)
     assert np.allclose(smoothed, values, atol=1e-9)
+
+
+def test_row_binning_matches_nanmedian_with_rejected_pixels() -> None:
+    from soxs_mflat.background import _bin_rows
+
+    rng = np.random.default_rng(3)
+    image = rng.standard_normal((203, 97)).astype(np.float32)
+    image[5, 3], image[17, 40], image[40:48, 10] = np.nan, np.inf, np.nan
+    mask = rng.random(image.shape) < 0.02
+    for block in (1, 2, 5, 8, 9):
+        expected_input = np.where(mask | ~np.isfinite(image), np.nan, image)
+        padded = np.full((-(-image.shape[0] // block) * block, image.shape[1]), np.nan, dtype=np.float32)
+        padded[: image.shape[0]] = expected_input
+        expected = bn.nanmedian(padded.reshape(-1, block, image.shape[1]), axis=1)
+        np.testing.assert_array_equal(_bin_rows(image, mask, block), expected)
+
+
+def test_median_across_matches_a_moving_median() -> None:
+    from soxs_mflat.background import _median_across
+
+    rng = np.random.default_rng(4)
+    image = rng.standard_normal((50, 60)).astype(np.float32)
+    image[3, 10:16], image[7, 0] = np.nan, np.nan
+    padded = np.pad(image, ((0, 0), (2, 2)), constant_values=np.nan)
+    expected = bn.move_median(padded, 5, axis=1, min_count=1)[:, 4:]
+    np.testing.assert_array_equal(_median_across(image, 5), expected)
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3])
+def test_interpolation_across_matches_scipy_splines(degree: int) -> None:
+    from scipy.interpolate import make_interp_spline
+
+    from soxs_mflat.background import _interpolate_across
+
+    rng = np.random.default_rng(degree)
+    n_a = 300
+    positions = np.sort(rng.uniform(0, n_a, (9, 40)), axis=0)
+    levels = rng.standard_normal(positions.shape)
+    positions[2, 3], levels[4, 5], positions[:, 7], positions[1:, 8], positions[3:, 9] = np.nan, np.nan, np.nan, np.nan, np.nan
+    positions[5, 10] = positions[4, 10] + 0.3
+    got = _interpolate_across(positions, levels, n_a, degree)
+    a = np.arange(n_a, dtype=np.float64)
+    for row in range(positions.shape[1]):
+        ok = np.isfinite(positions[:, row]) & np.isfinite(levels[:, row])
+        x, y = positions[ok, row], levels[ok, row]
+        if x.size == 0:
+            assert np.all(np.isnan(got[row]))
+            continue
+        distinct = np.r_[True, np.diff(x) > 0.5]
+        x, y = x[distinct], y[distinct]
+        k = min(degree, x.size - 1)
+        expected = make_interp_spline(x, y, k=k)(np.clip(a, x[0], x[-1])) if k > 0 else np.full(n_a, y[0])
+        np.testing.assert_allclose(got[row], expected, rtol=0, atol=1e-9)
+
+
+def test_nonnegative_least_squares_matches_scipy_nnls() -> None:
+    from scipy.optimize import nnls
+
+    from soxs_mflat.background import _nonnegative_solve
+
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        design = rng.standard_normal((80, 12))
+        if trial % 2:
+            design[:, 3] = design[:, 2] + 1e-3 * design[:, 4]
+        data = rng.standard_normal(80)
+        gram, rhs = design.T @ design, design.T @ data
+        expected, expected_norm = nnls(design, data)
+        got = _nonnegative_solve(gram, rhs, free=0)
+        assert np.all(got >= 0.0)
+        assert np.linalg.norm(design @ got - data) <= expected_norm * (1 + 1e-12)
+        if not trial % 2:
+            np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+        free = _nonnegative_solve(gram, rhs, free=3)
+        split, split_norm = nnls(np.hstack([design, -design[:, -3:]]), data)
+        assert np.all(free[:9] >= 0.0)
+        assert np.linalg.norm(design @ free - data) <= split_norm * (1 + 1e-12)
+        if not trial % 2:
+            np.testing.assert_allclose(free, np.r_[split[:9], split[9:12] - split[12:]], rtol=1e-9, atol=1e-12)
+
+
+def _direct_spill(light: np.ndarray, sigma: float, row_step: int, n_fft: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The light convolved with a Gaussian of ``sigma`` px across A only and in 2-D, by plain FFTs."""
+    n_rows, n_a = light.shape
+    across = np.exp(-2.0 * (np.pi * sigma * np.fft.rfftfreq(n_fft[1])) ** 2)
+    along = np.exp(-2.0 * (np.pi * sigma / row_step * np.fft.fftfreq(n_fft[0])) ** 2)
+    per_row = np.fft.irfft(np.fft.rfft(light, n=n_fft[1], axis=1) * across, n=n_fft[1], axis=1)[:, :n_a]
+    in_2d = np.fft.irfft2(np.fft.rfft2(light, s=n_fft) * along[:, None] * across, s=n_fft)[:n_rows, :n_a]
+    return per_row, in_2d
+
+
+def test_spill_terms_at_the_samples_match_direct_convolution() -> None:
+    from soxs_mflat.background import SPILL_SIGMAS, _pixel_order, _Spill
+
+    rng = np.random.default_rng(6)
+    scene = make_scene(n_b=480)
+    light = np.where(order_labels(scene.bounds, scene.image.shape) > 0, scene.lamp, 0.0)[4::8].astype(np.float32)
+    spill = _Spill.of(light, 8, 8.0)
+    rows, cols = rng.integers(0, light.shape[0], 3000), rng.integers(0, light.shape[1], 3000)
+    order = _pixel_order(rows, cols, light.shape[1])
+    rows, cols = rows[order], cols[order]
+    got = spill.at(rows, cols)
+    for j, sigma in enumerate(SPILL_SIGMAS):
+        per_row, in_2d = _direct_spill(light.astype(np.float64), sigma, 8, spill.n_fft)
+        for column, image in ((j, per_row), (len(SPILL_SIGMAS) + j, in_2d)):
+            np.testing.assert_allclose(got[:, column], image[rows, cols], rtol=0, atol=3e-5 * np.abs(image).max())
+
+
+def test_weighted_spill_images_match_the_sum_of_the_terms() -> None:
+    from soxs_mflat.background import SPILL_SIGMAS, _Spill
+
+    scene = make_scene(n_b=480)
+    light = np.where(order_labels(scene.bounds, scene.image.shape) > 0, scene.lamp, 0.0)[4::8].astype(np.float32)
+    spill = _Spill.of(light, 8, 65 / 8)
+    weights = np.random.default_rng(7).uniform(0.0, 0.01, (2, len(SPILL_SIGMAS)))
+    per_row_sum = in_2d_sum = 0.0
+    for j, sigma in enumerate(SPILL_SIGMAS):
+        per_row, in_2d = _direct_spill(light.astype(np.float64), sigma, 8, spill.n_fft)
+        per_row_sum = per_row_sum + weights[0, j] * per_row
+        in_2d_sum = in_2d_sum + weights[1, j] * in_2d
+    raw, smoothed = spill.weighted(weights, 65 / 8)
+    expected_smoothed = in_2d_sum + local_linear_smooth(per_row_sum.T, np.ones((1, light.shape[0])), 65 / 8).T
+    scale = np.abs(raw).max()
+    np.testing.assert_allclose(raw, per_row_sum + in_2d_sum, rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(smoothed, expected_smoothed, rtol=0, atol=1e-6 * scale)
+
+
+def test_module_imports_neither_scipy_optimize_nor_interpolate() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, soxs_mflat.background; print(sorted({'scipy.optimize', 'scipy.interpolate'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
