@@ -46,6 +46,9 @@ from pathlib import Path
 # compaction, which made first writes into new arrays 5-10x slower on the benchmark machine. Set
 # before numpy is imported; an explicit NUMPY_MADVISE_HUGEPAGE in the environment wins.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+# The recipe runs its own threads and a plot process; a multi-threaded BLAS competing with them for
+# the cores stalled matrix products for up to a second on a 2-core machine.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from docopt import DocoptExit, docopt
 
