@@ -33,6 +33,8 @@ Options:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -56,6 +58,20 @@ from soxs_mflat import __version__
 from soxs_mflat.errors import UserInputError
 
 EXIT_USER_ERROR = 2
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter number for the mapping threshold."""
+
+
+def _release_freed_arrays() -> None:
+    """Give every allocation of 4 MB or more (every image and mask) its own memory mapping.
+
+    glibc otherwise raises its mapping threshold to the largest block freed so far (up to 32 MB),
+    after which freed frame-sized temporaries stay in the process heap: the peak resident memory
+    of a run was ~25 % higher than what it ever held at once.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 4 << 20)
 
 
 def _absolute(path: str) -> str:
@@ -74,6 +90,8 @@ def rerun_command(arguments: dict, output_root: Path, *, verbose: bool) -> str:
 
 def _run_mflat(arguments: dict, *, verbose: bool) -> int:
     from soxs_mflat.plots import PlotProcess
+
+    _release_freed_arrays()
 
     plotter = PlotProcess()  # imports matplotlib on the other core while this process imports the rest
     try:

@@ -404,7 +404,7 @@ class PlotProcess:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._errors,
-                env={**os.environ, "MPLBACKEND": "Agg"},
+                env={**os.environ, "MPLBACKEND": "Agg", "MALLOC_MMAP_THRESHOLD_": str(4 << 20)},
             )
         except OSError:
             self._child = None

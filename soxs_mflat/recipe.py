@@ -391,21 +391,23 @@ class MasterFlatRecipe:
         LOGGER.info("Second pass: relative levels %s", ", ".join(f"{v:.5f}" for v in relative))
         combined = sigma_clipped_stack(cube, noise, sigma=settings.stacked_clipping_sigma,
                                        iterations=settings.stacked_clipping_iterations)
-        del cube
+        del cube, detrendings, noise
         LOGGER.info("Stacked: %d values clipped", combined.n_clipped)
+        flat, uncertainty, flat_mask = combined.data, combined.uncertainty, combined.mask
+        del combined
 
         LOGGER.info("Detecting order edges%s", tag)
         a_bin = binning_ab[0]
         jh = inputs.arm == "NIR" and "JH" in inputs.slit.upper()
         detections = edges.detect_edges(
-            combined.data,
+            flat,
             centres,
             binning_ab=binning_ab,
             slice_length=max(13, arm.slice_length_for_edge_detection // a_bin),
             slice_width=arm.slice_width_for_edge_detection,
             min_threshold_pct=arm.min_percentage_threshold_for_edge_detection,
             max_threshold_pct=arm.max_percentage_threshold_for_edge_detection,
-            mask_ba=combined.mask,
+            mask_ba=flat_mask,
             min_order=13 if jh else None,
         )
         fit = _fit_edges(detections, arm, binning_ab)
@@ -413,26 +415,26 @@ class MasterFlatRecipe:
         bounds = order_bounds(table, frame_ba, binning_ab)
         plot_lamp = lamp_set.lamp if len(inputs.lamp_sets) > 1 else ""
         self._plot("ORD_LOC", plot_lamp, plots.order_location_figure(
-            combined.data, detections, fit, table, binning_ab=binning_ab, fitted_axis=fitted_axis,
+            flat, detections, fit, table, binning_ab=binning_ab, fitted_axis=fitted_axis,
             title=f"{inputs.arm}{tag} order edges"))
 
-        flat = combined.data
         model = None
         if settings.subtract_background:
             LOGGER.info("Fitting scattered light%s", tag)
-            fitted = background.fit_scattered_light(combined.data, bounds, bspline_deg=settings.bspline_deg,
+            fitted = background.fit_scattered_light(flat, bounds, bspline_deg=settings.bspline_deg,
                                                     gaussian_blur_sigma=settings.gaussian_blur_sigma,
-                                                    mask_ba=combined.mask)
+                                                    mask_ba=flat_mask)
             model = fitted.model
-            flat = combined.data - model
-            self._plot("BKGROUND", plot_lamp, plots.background_figure(combined.data, fitted, fitted_axis=fitted_axis,
+            self._plot("BKGROUND", plot_lamp, plots.background_figure(flat, fitted, fitted_axis=fitted_axis,
                                                                       title=f"{inputs.arm}{tag}"))
+            flat -= model
+            del fitted
         shared = darks[dark_index[0]] if shared_dark else None
-        data, mask, counts = self._flag_and_fill(flat, combined.uncertainty, combined.mask, bounds, arm, bias=bias,
-                                                 dark=shared)
+        data, mask, counts = self._flag_and_fill(flat, uncertainty, flat_mask, bounds, arm, bias=bias, dark=shared)
+        del flat, flat_mask
         qc = self._lamp_qc(first_levels.ordexp, fit, counts, lamp_set, inputs, arm)
         header = lamp_set.flats[0].header
-        return LampResult(lamp_set.lamp, data, combined.uncertainty, mask, table, centres, model, qc, header, detections)
+        return LampResult(lamp_set.lamp, data, uncertainty, mask, table, centres, model, qc, header, detections)
 
     def _flag_and_fill(self, flat: np.ndarray, uncertainty: np.ndarray, input_mask: np.ndarray, bounds: OrderBounds,
                        arm: ArmSettings, *, bias: Calibration | None,
@@ -460,9 +462,9 @@ class MasterFlatRecipe:
         data[~np.isfinite(data)] = np.float32(1.0)
         LOGGER.info("Bad pixels newly flagged: %s", ", ".join(f"{k} {v}" for k, v in bad.counts.items()))
         counts: dict[str, float] = dict(badpixels.bad_pixel_qc(bad, mask))
-        good = inside & ~mask & np.isfinite(flat)
-        counts["INNER ORDER PIX MEAN"] = round(float(np.mean(flat[good])), 3)
-        counts["INNER ORDER PIX SUM"] = round(float(np.sum(flat[good])), 3)
+        good_values = flat[inside & ~mask & np.isfinite(flat)]
+        counts["INNER ORDER PIX MEAN"] = round(float(np.mean(good_values)), 3)
+        counts["INNER ORDER PIX SUM"] = round(float(np.sum(good_values)), 3)
         return data, mask, counts
 
     def _lamp_qc(self, ordexp: tuple[float, float, float], fit: edges.EdgeFit, counts: dict, lamp_set: LampSet,
