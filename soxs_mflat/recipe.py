@@ -539,15 +539,15 @@ class MasterFlatRecipe:
         arm = inputs.arm
         fitted_axis = inputs.detector.fitted_axis
         binning_ab = frame_binning_ab(inputs.binning, fitted_axis)
-        records: list[ProductRecord] = []
         raw = [f for s in inputs.lamp_sets for f in s.flats]
         categories = [f"{f.header.get(inputs.keywords.dpr_type, 'FLAT')}_{arm}" for f in raw]
         params = settings.param_cards(arm)
         outputs = [(r, r.lamp) for r in results] if len(results) > 1 else []
         outputs.append((final, ""))
-        written_plots = self._finish_plots()
         checksums = {path: future.result() for path, future in self._checksums.items()}
+        per_lamp: dict[str, list[ProductRecord]] = {}
         for result, lamp in outputs:
+            lamp_records = per_lamp.setdefault(lamp, [])
             suffix = f"_{lamp}" if lamp else ""
             flats = [f for s in inputs.lamp_sets if s.lamp == lamp or not lamp for f in s.flats]
             base = min(flats, key=lambda f: float(f.header[inputs.keywords.mjd_obs])).header
@@ -559,7 +559,7 @@ class MasterFlatRecipe:
             flat_path = write_hdulist(image_hdulist(from_ba(result.data, fitted_axis), from_ba(result.mask, fitted_axis),
                                                     from_ba(result.uncertainty, fitted_axis), header),
                                       paths.master_flat(lamp))
-            records.append(
+            lamp_records.append(
                 ProductRecord(f"MFLAT{suffix}", flat_path, "FITS", "PROD", f"{arm} master spectroscopic flat frame")
             )
             table_header = header.copy()
@@ -570,7 +570,7 @@ class MasterFlatRecipe:
             table_header["EXTNAME"] = "FLUX"
             table = result.table.with_edges(result.table.edge_low, result.table.edge_up, header=table_header)
             table_path = write_hdulist(to_hdulist(table, trace_binning=binning_ab), paths.order_table(lamp))
-            records.append(ProductRecord(f"ORDER_LOC{suffix}", table_path, "FITS", "PROD",
+            lamp_records.append(ProductRecord(f"ORDER_LOC{suffix}", table_path, "FITS", "PROD",
                                          "table of coefficients from polynomial fits to order locations"))
             if result.background is not None:
                 bkg_header = header.copy()
@@ -578,8 +578,13 @@ class MasterFlatRecipe:
                 bkg = fits.PrimaryHDU(np.asarray(from_ba(result.background, fitted_axis), dtype=np.float32), header=bkg_header)
                 bkg.header["EXTNAME"] = "FLUX"
                 bkg_path = write_hdulist(fits.HDUList([bkg]), paths.background(lamp))
-                records.append(ProductRecord(f"BKGROUND{suffix}", bkg_path, "FITS", "QC",
+                lamp_records.append(ProductRecord(f"BKGROUND{suffix}", bkg_path, "FITS", "QC",
                                              "modelled scatter background light image (removed from master flat)"))
+        records: list[ProductRecord] = []
+        written_plots = self._finish_plots()
+        for lamp, fits_records in per_lamp.items():
+            suffix = f"_{lamp}" if lamp else ""
+            records += fits_records
             records += [ProductRecord(f"{plot.product_label}{suffix}", plot.path, "PDF", "QC", plot.description)
                         for plot in written_plots if plot.lamp == lamp]
         qc_path = write_text(qc_csv(deduplicate(final.qc), obs_date=str(final.header.get("DATE-OBS", ""))),
