@@ -9,7 +9,7 @@ a few frames.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import bottleneck as bn
 import numpy as np
@@ -37,6 +37,7 @@ class FlatCube:
     masks: tuple[np.ndarray | None, ...] = ()
     saturation: float | None = None
     levels: np.ndarray | None = None
+    _selections: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of_frames(cls, frames: np.ndarray) -> FlatCube:
@@ -62,7 +63,7 @@ class FlatCube:
 
     def with_levels(self, levels: np.ndarray) -> FlatCube:
         """The same flats normalised by ``levels`` instead (no data is copied)."""
-        return replace(self, levels=np.asarray(levels, dtype=np.float64))
+        return replace(self, levels=np.asarray(levels, dtype=np.float64), _selections={})
 
     def block(self, rows: slice, select: np.ndarray | None = None) -> np.ndarray:
         """Values of rows ``rows`` of every flat — only pixels ``select`` of them if given — as
@@ -75,10 +76,35 @@ class FlatCube:
         return out
 
     def values(self, index: int, select: np.ndarray) -> np.ndarray:
-        """Values of flat ``index`` at the pixels ``select`` (a boolean frame), float32."""
-        out = np.empty(int(np.count_nonzero(select)), dtype=np.float32)
-        self._read(index, self.stored[index][select], slice(None), select, out)
+        """Values of flat ``index`` at the pixels ``select`` (a boolean frame), float32.
+
+        The offset and mask images, usually shared by every flat, are gathered at ``select`` once
+        and kept (with ``select``) for the other flats, until :meth:`with_levels` makes a new cube.
+        """
+        stored = self.stored[index][select]
+        out = np.empty(stored.size, dtype=np.float32)
+        np.multiply(stored, np.float32(self.scale), out=out, casting="unsafe")
+        offset = self._gathered(self.offsets[index], select)
+        if offset is not None:
+            out -= offset
+        bad = None if self.saturation is None else stored >= self.saturation
+        mask = self._gathered(self.masks[index], select)
+        if mask is not None:
+            bad = mask if bad is None else bad | mask
+        if bad is not None:
+            out[bad] = np.nan
+        if self.levels[index] != 1.0:
+            out /= np.float32(self.levels[index])
         return out
+
+    def _gathered(self, image: np.ndarray | None, select: np.ndarray) -> np.ndarray | None:
+        if image is None:
+            return None
+        key = (id(image), id(select))
+        cached = self._selections.get(key)
+        if cached is None or cached[0] is not image or cached[1] is not select:
+            cached = self._selections[key] = (image, select, image[select])
+        return cached[2]
 
     def _read(self, index: int, stored: np.ndarray, rows: slice, select: np.ndarray | None, out: np.ndarray) -> None:
         np.multiply(stored, np.float32(self.scale), out=out, casting="unsafe")

@@ -144,7 +144,10 @@ def test_compact_cube_reads_like_prepared_frames() -> None:
     select = rng.random((18, 30)) < 0.3
     np.testing.assert_allclose(cube.block(rows, select), expected[:, rows][:, select], rtol=1e-6)
     band = rng.random((40, 30)) < 0.5
-    np.testing.assert_allclose(cube.values(1, band), expected[1][band], rtol=1e-6)
+    for index in (1, 0, 2):
+        np.testing.assert_allclose(cube.values(index, band), expected[index][band], rtol=1e-6)
+    other = ~band
+    np.testing.assert_allclose(cube.values(2, other), expected[2][other], rtol=1e-6)
 
 
 def _reference_stack(values: np.ndarray, variance: np.ndarray, sigma: float, iterations: int):
