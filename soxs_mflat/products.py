@@ -221,12 +221,16 @@ def provenance_header(
 
 
 def image_hdulist(data: np.ndarray, mask: np.ndarray, uncertainty: np.ndarray, header: fits.Header) -> fits.HDUList:
-    """FLUX (float32) / QUAL (uint8) / ERRS (float32) HDUs (spec §2.3, §5.1)."""
-    primary = fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=header)
+    """FLUX (float32) / QUAL (uint8) / ERRS (float32) HDUs (spec §2.3, §5.1).
+
+    Arrays are passed through when already contiguous float32/bool; a transposed view (SOXS NIR) is
+    copied once, which astropy then writes ~3× faster than the view.
+    """
+    primary = fits.PrimaryHDU(np.ascontiguousarray(data, dtype=np.float32), header=header)
     primary.header["EXTNAME"] = "FLUX"
     primary.header["BUNIT"] = ""
-    qual = fits.ImageHDU(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8), name="QUAL")
-    errs = fits.ImageHDU(np.asarray(uncertainty, dtype=np.float32), name="ERRS")
+    qual = fits.ImageHDU(np.ascontiguousarray(mask, dtype=bool).view(np.uint8), name="QUAL")
+    errs = fits.ImageHDU(np.ascontiguousarray(uncertainty, dtype=np.float32), name="ERRS")
     errs.header["UTYPE"] = "StdDevUncertainty"
     errs.header["BUNIT"] = ""
     return fits.HDUList([primary, qual, errs])

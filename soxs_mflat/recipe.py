@@ -575,7 +575,8 @@ class MasterFlatRecipe:
             if result.background is not None:
                 bkg_header = header.copy()
                 bkg_header["HIERARCH ESO PRO CATG"] = f"FLAT_BKGROUND_{arm}"
-                bkg = fits.PrimaryHDU(np.asarray(from_ba(result.background, fitted_axis), dtype=np.float32), header=bkg_header)
+                bkg = fits.PrimaryHDU(np.ascontiguousarray(from_ba(result.background, fitted_axis), dtype=np.float32),
+                                      header=bkg_header)
                 bkg.header["EXTNAME"] = "FLUX"
                 bkg_path = write_hdulist(fits.HDUList([bkg]), paths.background(lamp))
                 lamp_records.append(ProductRecord(f"BKGROUND{suffix}", bkg_path, "FITS", "QC",
