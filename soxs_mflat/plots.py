@@ -3,9 +3,9 @@
 The recipe reduces each figure to a small picklable description (block-averaged images, point
 lists, titles) with numpy alone. :class:`PlotProcess` hands the descriptions to a child Python
 process that imports matplotlib (non-interactive, PDF only) as soon as it starts and draws each
-figure while the recipe carries on, so neither the ~0.3 s matplotlib import nor the drawing sits
-on the recipe's critical path. Run ``python -m soxs_mflat.plots`` is that child; :func:`render`
-draws one description in the current process.
+figure while the recipe carries on, so the ~0.3 s matplotlib import and most of the drawing happen
+on the other core. ``python -m soxs_mflat.plots`` runs that child; :func:`render` draws one
+description in the current process.
 """
 
 from __future__ import annotations
