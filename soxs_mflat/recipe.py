@@ -455,8 +455,7 @@ class MasterFlatRecipe:
             bias_err_ba=None if bias is None else bias.uncertainty,
             input_mask_ba=input_mask,
         )
-        labels = order_labels(bounds, flat.shape)
-        inside = labels > 0
+        inside = order_labels(bounds, flat.shape) > 0
         mask = (input_mask | bad.mask) & inside
         data = np.asarray(np.where(inside, flat, np.float32(1.0)), dtype=np.float32)
         data[~np.isfinite(data)] = np.float32(1.0)
