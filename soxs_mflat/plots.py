@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
@@ -157,7 +157,7 @@ def order_location_figure(
         return Points(a, b) if fitted_axis == "x" else Points(b, a)
 
     image = reduced_image(frame)
-    image = Image(image.pixels, image.extent, max(image.vmin, 0.0), image.vmax)
+    image = replace(image, vmin=max(image.vmin, 0.0))
     used_low = detections.valid_low & ~fit.clipped_low
     used_up = detections.valid_up & ~fit.clipped_up
     clipped = xy(
@@ -217,10 +217,10 @@ def background_figure(flat_ba: np.ndarray, model: object, *, fitted_axis: str = 
     def frame(image: np.ndarray) -> np.ndarray:
         return image if fitted_axis == "x" else image.T
 
-    model_image = reduced_image(frame(model.model), limits=(0.0, 1.0))
-    vmin, vmax = image_limits(model_image.pixels, low=0.5, high=99.5)
+    pixels, extent = block_average(frame(model.model))
+    vmin, vmax = image_limits(pixels, low=0.5, high=99.5)
     vmin = min(vmin, 0.0)
-    model_image = Image(model_image.pixels, model_image.extent, vmin, vmax)
+    model_image = Image(pixels, extent, vmin, vmax)
     spread = 5.0 * model.residual_sigma if np.isfinite(model.residual_sigma) else 1.0
     spread = max(spread, 1e-6)
     fitted = np.where(model.fitted_pixels, flat_ba, np.float32(np.nan))

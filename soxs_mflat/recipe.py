@@ -264,20 +264,21 @@ class MasterFlatRecipe:
                 np.copyto(from_ba(stored[i], fitted_axis), region, casting="safe")
             else:
                 mask = self._flux_into(frame, inputs, static_mask, from_ba(stored[i], fitted_axis), settings)
-                stored[i][to_ba(mask, fitted_axis)] = np.nan
+                stored[i][to_ba(mask, fitted_axis) | ~np.isfinite(stored[i])] = np.nan
         per_frame = detrendings or [None] * len(frames)
         static_ba = to_ba(static_mask, fitted_axis) if compact is not None and static_mask is not None else None
         combined: dict[int, np.ndarray | None] = {}
+        masks = []
         for detrending in per_frame:
             own = None if detrending is None else detrending.mask
             if id(own) not in combined:
                 combined[id(own)] = static_ba if own is None else (own if static_ba is None else own | static_ba)
-        masks = tuple(combined[id(None if d is None else d.mask)] for d in per_frame)
+            masks.append(combined[id(own)])
         return FlatCube(
             stored,
             scale=inputs.gain if compact is not None else 1.0,
             offsets=tuple(None if d is None else d.offset for d in per_frame),
-            masks=masks,
+            masks=tuple(masks),
             saturation=detector.saturation_adu if compact is not None else None,
         )
 

@@ -8,6 +8,7 @@ a few frames.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -72,7 +73,7 @@ class FlatCube:
         out = np.empty((self.n_flats, *size), dtype=np.float32)
         for i in range(self.n_flats):
             stored = self.stored[i, rows] if select is None else self.stored[i, rows][select]
-            self._read(i, stored, rows, select, out[i])
+            self._read(i, stored, lambda image: pick_pixels(image, rows, select), out[i])
         return out
 
     def values(self, index: int, select: np.ndarray) -> np.ndarray:
@@ -83,38 +84,27 @@ class FlatCube:
         """
         stored = self.stored[index][select]
         out = np.empty(stored.size, dtype=np.float32)
-        np.multiply(stored, np.float32(self.scale), out=out, casting="unsafe")
-        offset = self._gathered(self.offsets[index], select)
-        if offset is not None:
-            out -= offset
-        bad = None if self.saturation is None else stored >= self.saturation
-        mask = self._gathered(self.masks[index], select)
-        if mask is not None:
-            bad = mask if bad is None else bad | mask
-        if bad is not None:
-            out[bad] = np.nan
-        if self.levels[index] != 1.0:
-            out /= np.float32(self.levels[index])
+        self._read(index, stored, lambda image: self._gathered(image, select), out)
         return out
 
-    def _gathered(self, image: np.ndarray | None, select: np.ndarray) -> np.ndarray | None:
-        if image is None:
-            return None
+    def _gathered(self, image: np.ndarray, select: np.ndarray) -> np.ndarray:
         key = (id(image), id(select))
         cached = self._selections.get(key)
         if cached is None or cached[0] is not image or cached[1] is not select:
             cached = self._selections[key] = (image, select, image[select])
         return cached[2]
 
-    def _read(self, index: int, stored: np.ndarray, rows: slice, select: np.ndarray | None, out: np.ndarray) -> None:
+    def _read(self, index: int, stored: np.ndarray, pick: Callable[[np.ndarray], np.ndarray], out: np.ndarray) -> None:
+        """Detrend, mask and normalise ``stored`` (some pixels of flat ``index``) into ``out``;
+        ``pick`` takes the same pixels from a frame-sized offset or mask image."""
         np.multiply(stored, np.float32(self.scale), out=out, casting="unsafe")
         offset = self.offsets[index]
         if offset is not None:
-            out -= pick_pixels(offset, rows, select)
+            out -= pick(offset)
         bad = None if self.saturation is None else stored >= self.saturation
         mask = self.masks[index]
         if mask is not None:
-            mask = pick_pixels(mask, rows, select)
+            mask = pick(mask)
             bad = mask if bad is None else bad | mask
         if bad is not None:
             out[bad] = np.nan
