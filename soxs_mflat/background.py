@@ -35,8 +35,6 @@ from math import comb, factorial
 import bottleneck as bn
 import numpy as np
 from numpy.polynomial import legendre
-from scipy import fft as sfft
-from scipy.ndimage import correlate1d
 
 from soxs_mflat.footprints import OrderBounds
 
@@ -275,6 +273,36 @@ def _bin_geometry(values: np.ndarray, block: int) -> np.ndarray:
     return np.nanmean(padded.reshape(n_k, n_bins, block), axis=2)
 
 
+def next_fast_len(n: int) -> int:
+    """The smallest 5-smooth number (2^i 3^j 5^k) ≥ ``n``: a length the FFT transforms fastest."""
+    best = 1 << max(int(n) - 1, 0).bit_length()
+    power5 = 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            length = power35
+            while length < n:
+                length *= 2
+            best = min(best, length)
+            power35 *= 3
+        power5 *= 5
+    return best
+
+
+def correlate_constant(values: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Correlation of ``values`` along its last axis with a centred odd-length ``kernel``, zero beyond
+    the ends (scipy.ndimage's ``correlate1d`` with ``mode="constant"``, in numpy: one product a tap,
+    cheap for the short Gaussians used here)."""
+    half = kernel.size // 2
+    n = values.shape[-1]
+    padded = np.zeros((*values.shape[:-1], n + 2 * half), dtype=np.result_type(values, kernel))
+    padded[..., half : half + n] = values
+    out = np.zeros(padded[..., :n].shape, dtype=padded.dtype)
+    for tap, weight in enumerate(kernel):
+        out += weight * padded[..., tap : tap + n]
+    return out
+
+
 def _smoothing_kernel(sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """Offsets and weights of the truncated Gaussian of :func:`local_linear_smooth`."""
     half = max(int(np.ceil(3.0 * sigma)), 1)
@@ -303,13 +331,13 @@ def local_linear_smooth(values: np.ndarray, weights: np.ndarray, sigma: float) -
     t, kernel = _smoothing_kernel(sigma)
     w = np.asarray(weights, dtype=np.float64)
     yw = np.where(w > 0, values, 0.0) * w
-    s0 = correlate1d(w, kernel, axis=-1, mode="constant")
-    s1 = correlate1d(w, kernel * t, axis=-1, mode="constant")
-    s2 = correlate1d(w, kernel * t * t, axis=-1, mode="constant")
+    s0 = correlate_constant(w, kernel)
+    s1 = correlate_constant(w, kernel * t)
+    s2 = correlate_constant(w, kernel * t * t)
     a, b = _local_linear_factors(s0, s1, s2)
-    smoothed = correlate1d(yw, kernel, axis=-1, mode="constant")
+    smoothed = correlate_constant(yw, kernel)
     smoothed *= a
-    smoothed += b * correlate1d(yw, kernel * t, axis=-1, mode="constant")
+    smoothed += b * correlate_constant(yw, kernel * t)
     return smoothed
 
 
@@ -350,10 +378,10 @@ class _Spill:
         n_rows, n_a = light.shape
         reach = 4 * max(SPILL_SIGMAS)
         coarsest = _coarse_step(max(SPILL_SIGMAS))
-        n_fft_a = coarsest * sfft.next_fast_len(-(-int(n_a + reach) // coarsest), real=True)
+        n_fft_a = coarsest * next_fast_len(-(-int(n_a + reach) // coarsest))
         pad_b = max(reach / row_step, _smoothing_kernel(smooth_rows)[0][-1] + 1)
-        n_fft_b = sfft.next_fast_len(int(n_rows + pad_b))
-        rows_spectrum = sfft.rfft(light, n=n_fft_a, axis=1)
+        n_fft_b = next_fast_len(int(n_rows + pad_b))
+        rows_spectrum = np.fft.rfft(light, n=n_fft_a, axis=1)
         return cls(rows_spectrum, (n_rows, n_a), (n_fft_b, n_fft_a), row_step)
 
     def _across(self, sigma: float | np.ndarray, n_bins: int) -> np.ndarray:
@@ -364,7 +392,7 @@ class _Spill:
     def _along(self, sigma: float | np.ndarray, n_fft_b: int) -> np.ndarray:
         """Transfer function along B (rows ``row_step`` px apart, transforms of ``n_fft_b``) of Gaussians of
         ``sigma`` px."""
-        frequency = sfft.fftfreq(n_fft_b)
+        frequency = np.fft.fftfreq(n_fft_b)
         return np.exp(-2.0 * (np.pi * np.multiply.outer(np.asarray(sigma) / self.row_step, frequency)) ** 2)
 
     def _grid_widths(self, step: int) -> tuple[int, int]:
@@ -387,10 +415,10 @@ class _Spill:
         frequency = np.arange(n_bins) / n_coarse
         kernel = self._across(sigma, n_bins) / (step * np.sinc(frequency) ** (SPILL_SPLINE_DEGREE + 1))
         kernel = (kernel * np.exp(2j * np.pi * SPILL_TAPS[0] * frequency)).astype(np.complex64)
-        per_row = sfft.irfft(self.rows_spectrum[:, :n_bins] * kernel, n=n_coarse, axis=-1, overwrite_x=True)
-        in_2d = sfft.rfft(per_row[:, :n_nodes], n=n_fft_b, axis=0)
+        per_row = np.fft.irfft(self.rows_spectrum[:, :n_bins] * kernel, n=n_coarse, axis=-1)
+        in_2d = np.fft.rfft(per_row[:, :n_nodes], n=n_fft_b, axis=0)
         in_2d *= self._along(sigma, n_fft_b)[: n_fft_b // 2 + 1, None].astype(np.float32)
-        return per_row, sfft.irfft(in_2d, n=n_fft_b, axis=0, overwrite_x=True)[:n_rows]
+        return per_row, np.fft.irfft(in_2d, n=n_fft_b, axis=0)[:n_rows]
 
     def at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """The light convolved with each Gaussian of ``SPILL_SIGMAS`` at (``rows``, ``cols``), first across A
@@ -434,13 +462,13 @@ class _Spill:
         offsets, kernel = _smoothing_kernel(smooth_rows)
         circular = np.zeros((2, n_fft_b))
         circular[:, offsets.astype(np.int64) % n_fft_b] = kernel, kernel * offsets
-        moments = (n_fft_b * sfft.ifft(circular, axis=-1)).astype(np.complex64)
+        moments = (n_fft_b * np.fft.ifft(circular, axis=-1)).astype(np.complex64)
         spectrum = self.rows_spectrum[:, :n_bins]
-        along_b = sfft.fft(spectrum, n=n_fft_b, axis=0)
+        along_b = np.fft.fft(spectrum, n=n_fft_b, axis=0)
         parts = np.stack([along_b * in_2d, along_b * (per_row * moments[0][:, None]), along_b * (per_row * moments[1][:, None])])
-        parts = sfft.ifft(parts, axis=1, overwrite_x=True)[:, :n_rows]
+        parts = np.fft.ifft(parts, axis=1)[:, :n_rows]
         ones = np.ones(n_rows)
-        s0, s1, s2 = (correlate1d(ones, kernel * offsets**p, mode="constant") for p in range(3))
+        s0, s1, s2 = (correlate_constant(ones, kernel * offsets**p) for p in range(3))
         a, b = (factor.astype(np.float32)[:, None] for factor in _local_linear_factors(s0, s1, s2))
         raw = parts[0] + spectrum * per_row
         smoothed = parts[0] + a * parts[1] + b * parts[2]
@@ -451,7 +479,7 @@ class _Spill:
             rows = slice(start, min(start + step, n_rows))
             padded[0, : rows.stop - start, :n_bins] = raw[rows]
             padded[1, : rows.stop - start, :n_bins] = smoothed[rows]
-            images[:, rows] = sfft.irfft(padded[:, : rows.stop - start], n=n_fft_a, axis=-1)[:, :, :n_a]
+            images[:, rows] = np.fft.irfft(padded[:, : rows.stop - start], n=n_fft_a, axis=-1)[:, :, :n_a]
         return images[0], images[1]
 
 
