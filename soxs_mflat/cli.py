@@ -48,7 +48,7 @@ from pathlib import Path
 # compaction, which made first writes into new arrays 5-10x slower on the benchmark machine. Set
 # before numpy is imported; an explicit NUMPY_MADVISE_HUGEPAGE in the environment wins.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
-# The recipe runs its own threads and a plot process; a multi-threaded BLAS competing with them for
+# The recipe runs its own threads; a multi-threaded BLAS competing with them for
 # the cores stalled matrix products for up to a second on a 2-core machine.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -89,26 +89,19 @@ def rerun_command(arguments: dict, output_root: Path, *, verbose: bool) -> str:
 
 
 def _run_mflat(arguments: dict, *, verbose: bool) -> int:
-    from soxs_mflat.plots import PlotProcess
+    from soxs_mflat.recipe import MasterFlatRecipe
+    from soxs_mflat.report import format_report
+    from soxs_mflat.sof import parse_input_frames
 
     _release_freed_arrays()
-
-    plotter = PlotProcess()  # imports matplotlib on the other core while this process imports the rest
-    try:
-        from soxs_mflat.recipe import MasterFlatRecipe
-        from soxs_mflat.report import format_report
-        from soxs_mflat.sof import parse_input_frames
-
-        cwd = Path.cwd()
-        input_set = parse_input_frames(arguments["<inputFrames>"], cwd=cwd)
-        settings_file = Path(arguments["-s"]).expanduser().resolve() if arguments["-s"] else None
-        output = Path(arguments["-o"]).expanduser().resolve() if arguments["-o"] else None
-        recipe = MasterFlatRecipe(input_set, settings_file=settings_file, output_dir=output,
-                                  overwrite=arguments["--overwrite"], command="", plotter=plotter)
-        recipe.command = rerun_command(arguments, output or cwd, verbose=verbose)
-        result = recipe.run()
-    finally:
-        plotter.close()
+    cwd = Path.cwd()
+    input_set = parse_input_frames(arguments["<inputFrames>"], cwd=cwd)
+    settings_file = Path(arguments["-s"]).expanduser().resolve() if arguments["-s"] else None
+    output = Path(arguments["-o"]).expanduser().resolve() if arguments["-o"] else None
+    recipe = MasterFlatRecipe(input_set, settings_file=settings_file, output_dir=output,
+                              overwrite=arguments["--overwrite"], command="")
+    recipe.command = rerun_command(arguments, output or cwd, verbose=verbose)
+    result = recipe.run()
     print(format_report(result, verbose=verbose))
     print(f"Recipe Run Time: {result.run_seconds:.1f}s")
     print(f"Recipe Command: {recipe.command}")

@@ -1,30 +1,20 @@
 """QC figures in two halves: what a figure shows, and drawing it.
 
-The recipe reduces each figure to a small picklable description (block-averaged images, point
-lists, titles) with numpy alone. :class:`PlotProcess` hands the descriptions to a child Python
-process that imports matplotlib (non-interactive, PDF only) as soon as it starts and draws each
-figure while the recipe carries on, so the ~0.3 s matplotlib import and most of the drawing happen
-on the other core. ``python -m soxs_mflat.plots`` runs that child; :func:`render` draws one
-description in the current process.
+The recipe reduces each figure to a small description (block-averaged images, point lists, titles)
+with numpy alone; :func:`render` draws a description as a one-page vector PDF with
+:mod:`soxs_mflat.pdfpage`, in a few tens of milliseconds.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import pickle
-import queue
-import subprocess
-import sys
-import tempfile
-import threading
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO
 
 import bottleneck as bn
 import numpy as np
+
+from soxs_mflat.pdfpage import TAB10, Axes, Page, colour_image, hex_colour, text_width
 
 MAX_IMAGE_SIDE = 800
 """Largest side (px) of an image shown on a QC page; larger images are block-averaged first."""
@@ -255,241 +245,113 @@ def background_figure(flat_ba: np.ndarray, model: object, *, fitted_axis: str = 
 
 
 # ----------------------------------------------------------------------------------- drawing
+CYAN, ORANGE, BLUE, RED = (hex_colour(TAB10[k]) for k in (9, 1, 0, 3))
+GREY = (0.6, 0.6, 0.6)
+
+
 def render(figure: OrderLocationFigure | BackgroundFigure, path: Path | str) -> None:
-    """Draw a figure description and save it as PDF at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
+    """Draw a figure description and save it as a one-page PDF at ``path``."""
     if isinstance(figure, OrderLocationFigure):
-        fig = Figure(figsize=(11.0, 8.5))
-        _draw_order_locations(fig, figure)
+        page = Page.inches(11.0, 8.5)
+        _draw_order_locations(page, figure)
     else:
-        fig = Figure(figsize=(12.0, 9.0))
-        _draw_background(fig, figure)
-    for ax in fig.axes:
-        for line in ax.lines:
-            if len(line.get_xdata()) > 500 and line.get_marker() not in (None, "None", ""):
-                line.set_rasterized(True)
-    fig.savefig(path, format="pdf", dpi=150)
+        page = Page.inches(12.0, 9.0)
+        _draw_background(page, figure)
+    page.save(path)
 
 
-def _show(ax: object, image: Image, **options: object) -> object:
-    return ax.imshow(image.pixels, extent=image.extent, origin="lower", aspect="auto", vmin=image.vmin,
-                     vmax=image.vmax, **options)
+def _span(values: np.ndarray, *, margin: float = 0.02) -> tuple[float, float]:
+    """Limits of the finite ``values`` widened by ``margin`` of their range."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    pad = margin * (high - low) or 0.5
+    return low - pad, high + pad
 
 
-def _draw_order_locations(fig: object, figure: OrderLocationFigure) -> None:
-    from matplotlib import colormaps
-    from matplotlib.colors import PowerNorm
-    from matplotlib.lines import Line2D
-
-    grid = fig.add_gridspec(2, 3, width_ratios=(1.0, 1.0, 1.25), left=0.06, right=0.98, bottom=0.07, top=0.88,
-                            wspace=0.3, hspace=0.35)
-    ax_image = fig.add_subplot(grid[:, 0])
-    ax_fit = fig.add_subplot(grid[:, 1], sharex=ax_image, sharey=ax_image)
-    ax_res_b = fig.add_subplot(grid[0, 2])
-    ax_res_order = fig.add_subplot(grid[1, 2], sharey=ax_res_b)
-
+def _draw_order_locations(page: Page, figure: OrderLocationFigure) -> None:
     image = figure.image
-    ax_image.imshow(image.pixels, extent=image.extent, origin="lower", aspect="auto", cmap="gray",
-                    norm=PowerNorm(0.5, vmin=image.vmin, vmax=image.vmax))
-    handles = []
-    for name, points, colour in (("lower", figure.measured_low, "tab:cyan"), ("upper", figure.measured_up, "tab:orange")):
-        ax_image.plot(points.x, points.y, ".", ms=1.5, color=colour)
-        handles.append(Line2D([], [], ls="", marker="o", ms=5, color=colour, label=f"{name} edge ({points.size})"))
-    ax_image.plot(figure.clipped.x, figure.clipped.y, "x", ms=5, mew=1.5, color="red")
-    handles.append(Line2D([], [], ls="", marker="x", ms=6, mew=1.5, color="red", label=f"clipped ({figure.clipped.size})"))
-    ax_image.set_title("measured edges")
-    ax_image.legend(handles=handles, loc="upper right", fontsize="small", framealpha=0.85)
+    x_limits, y_limits = image.extent[:2], image.extent[2:]
+    ax_image = Axes.on(page, (0.06, 0.07, 0.30, 0.88), x_limits, y_limits)
+    ax_fit = Axes.on(page, (0.35, 0.07, 0.59, 0.88), x_limits, y_limits)
+    residuals_b = np.concatenate([figure.residual_low_b.x, figure.residual_up_b.x, figure.clipped_b.x])
+    limits = (-figure.residual_limit, figure.residual_limit)
+    ax_res_b = Axes.on(page, (0.67, 0.55, 0.98, 0.85), _span(residuals_b), limits)
+    orders = np.asarray(figure.orders_kept, dtype=np.float64)
+    order_span = (float(orders.min()) - 0.7, float(orders.max()) + 0.7) if orders.size else (0.0, 1.0)
+    ax_res_order = Axes.on(page, (0.67, 0.07, 0.98, 0.43), order_span, limits)
 
-    colours = colormaps["tab10"]
+    ax_image.image(colour_image(image.pixels, vmin=image.vmin, vmax=image.vmax, cmap="gray", gamma=0.5), image.extent)
+    for points, colour in ((figure.measured_low, CYAN), (figure.measured_up, ORANGE)):
+        ax_image.markers(points.x, points.y, colour, size=1.5)
+    ax_image.markers(figure.clipped.x, figure.clipped.y, RED, size=5.0, cross=True)
+    ax_image.frame(title="measured edges", xlabel="x (px)", ylabel="y (px)")
+    ax_image.legend([("dot", CYAN, f"lower edge ({figure.measured_low.size})"),
+                     ("dot", ORANGE, f"upper edge ({figure.measured_up.size})"),
+                     ("cross", RED, f"clipped ({figure.clipped.size})")])
+
     b = figure.outline_b
     mid = b.size // 2
+    vertical = figure.fitted_axis == "x"
     for k, order in enumerate(figure.orders):
         low, up = figure.outline_low[k], figure.outline_up[k]
+        colour = hex_colour(TAB10[k % 10])
+        ax_fit.band(b, low, up, colour, alpha=0.6, vertical=vertical)
         centre = 0.5 * (low[mid] + up[mid])
-        if figure.fitted_axis == "x":
-            ax_fit.fill_betweenx(b, low, up, color=colours(k % 10), alpha=0.6, lw=0)
-            ax_fit.text(centre, b[mid], str(order), ha="center", va="center", fontsize="small", fontweight="bold",
-                        rotation=90)
-        else:
-            ax_fit.fill_between(b, low, up, color=colours(k % 10), alpha=0.6, lw=0)
-            ax_fit.text(b[mid], centre, str(order), ha="center", va="center", fontsize="small", fontweight="bold")
-    ax_fit.set_title(figure.fit_title)
-    ax_fit.set_xlim(image.extent[0], image.extent[1])
-    ax_fit.set_ylim(image.extent[2], image.extent[3])
-    for ax in (ax_image, ax_fit):
-        ax.set_xlabel("x (px)")
-    ax_image.set_ylabel("y (px)")
-    ax_fit.tick_params(labelleft=False)
+        x, y = (centre, b[mid]) if vertical else (b[mid], centre)
+        ax_fit.text(x, y, str(order), size=7.5, anchor="center", valign="center", bold=True, rotate=vertical)
+    ax_fit.frame(title=figure.fit_title, xlabel="x (px)", yticklabels=False)
 
-    for by_b, by_order, colour in ((figure.residual_low_b, figure.residual_low_order, "tab:cyan"),
-                                   (figure.residual_up_b, figure.residual_up_order, "tab:orange")):
-        ax_res_b.plot(by_b.x, by_b.y, ".", ms=2, color=colour)
-        ax_res_order.plot(by_order.x, by_order.y, ".", ms=2, color=colour)
-    ax_res_b.plot(figure.clipped_b.x, figure.clipped_b.y, "x", ms=4, color="red")
-    ax_res_order.plot(figure.clipped_order.x, figure.clipped_order.y, "x", ms=4, color="red")
-    ax_res_b.set_ylim(-figure.residual_limit, figure.residual_limit)
-    for ax in (ax_res_b, ax_res_order):
-        ax.axhline(0.0, color="black", lw=0.8)
-        ax.set_ylabel(f"residual in {figure.fitted_axis} (px)")
-        ax.grid(alpha=0.3)
+    for by_b, by_order, colour in ((figure.residual_low_b, figure.residual_low_order, CYAN),
+                                   (figure.residual_up_b, figure.residual_up_order, ORANGE)):
+        ax_res_b.markers(by_b.x, by_b.y, colour, size=2.0)
+        ax_res_order.markers(by_order.x, by_order.y, colour, size=2.0)
+    ax_res_b.markers(figure.clipped_b.x, figure.clipped_b.y, RED, size=4.0, cross=True)
+    ax_res_order.markers(figure.clipped_order.x, figure.clipped_order.y, RED, size=4.0, cross=True)
     b_label = "y" if figure.fitted_axis == "x" else "x"
-    ax_res_b.set_xlabel(f"{b_label} (px, along the orders)")
-    ax_res_order.set_xlabel("order")
-    ax_res_order.set_xticks(figure.orders_kept)
-    ax_res_order.tick_params(axis="x", labelsize="small")
-    ax_res_b.set_title(figure.residual_title)
-    fig.suptitle(figure.title)
+    y_label = f"residual in {figure.fitted_axis} (px)"
+    for ax in (ax_res_b, ax_res_order):
+        ax.hline(0.0)
+    ax_res_b.frame(title=figure.residual_title, xlabel=f"{b_label} (px, along the orders)", ylabel=y_label, grid=True)
+    ax_res_order.frame(xlabel="order", ylabel=y_label, grid=True, xticks=orders)
+    page.text(0.5 * page.width, 0.955 * page.height, figure.title, size=13.0, anchor="center", valign="center")
 
 
-def _draw_background(fig: object, figure: BackgroundFigure) -> None:
-    axes = fig.subplots(2, 2, gridspec_kw={"left": 0.07, "right": 0.97, "bottom": 0.07, "top": 0.91,
-                                           "wspace": 0.3, "hspace": 0.3})
+def _draw_background(page: Page, figure: BackgroundFigure) -> None:
+    boxes = ((0.07, 0.55, 0.43, 0.91), (0.58, 0.55, 0.92, 0.91), (0.07, 0.07, 0.43, 0.43), (0.58, 0.07, 0.92, 0.43))
     panels = (
-        (axes[0, 0], figure.fitted, "data used for the fit (gap pixels)", "viridis"),
-        (axes[0, 1], figure.model, "scattered-light model", "viridis"),
-        (axes[1, 0], figure.residual, "data − model on the fitted pixels (±5 robust σ)", "RdBu_r"),
+        (figure.fitted, "data used for the fit (gap pixels)", "viridis"),
+        (figure.model, "scattered-light model", "viridis"),
+        (figure.residual, "data − model on the fitted pixels (±5 robust σ)", "RdBu_r"),
     )
-    for ax, image, label, cmap in panels:
-        shown = _show(ax, image, cmap=cmap, interpolation="nearest")
-        ax.set_facecolor("0.85")
-        ax.set_title(label)
-        ax.set_xlabel("x (px)")
-        ax.set_ylabel("y (px)")
-        fig.colorbar(shown, ax=ax, shrink=0.9, label="normalised flux")
+    for box, (image, label, cmap) in zip(boxes, panels, strict=False):
+        ax = Axes.on(page, box, image.extent[:2], image.extent[2:])
+        ax.fill((0.85, 0.85, 0.85))
+        ax.image(colour_image(image.pixels, vmin=image.vmin, vmax=image.vmax, cmap=cmap), image.extent)
         if figure.fitted_axis == "x":
-            ax.axhline(figure.middle, color="k", lw=0.6, ls=":")
+            ax.hline(figure.middle, width=0.6, dash="1 2")
         else:
-            ax.axvline(figure.middle, color="k", lw=0.6, ls=":")
-    axes[1, 0].text(0.02, 0.98, figure.residual_text, transform=axes[1, 0].transAxes, va="top", fontsize=9,
-                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+            ax.vline(figure.middle, width=0.6, dash="1 2")
+        ax.frame(title=label, xlabel="x (px)", ylabel="y (px)")
+        ax.colorbar(cmap, image.vmin, image.vmax, label="normalised flux")
+        if image is figure.residual:
+            x0, _, _, y1 = ax.box
+            lines = figure.residual_text.split("\n")
+            width = max(text_width(line, 9.0) for line in lines) + 8.0
+            page.emit(f"q {page.alpha(0.8)} 1 1 1 rg {x0 + 4:.2f} {y1 - 6 - 11 * len(lines):.2f} {width:.2f} "
+                      f"{4 + 11 * len(lines):.2f} re f Q")
+            page.text(x0 + 8.0, y1 - 6.0, figure.residual_text, size=9.0, valign="top")
 
-    ax = axes[1, 1]
     used = figure.cut_used
-    ax.plot(figure.cut_a, figure.cut_data, color="0.6", lw=0.8, label=figure.cut_label)
-    ax.plot(figure.cut_a[used], figure.cut_data[used], ".", color="tab:blue", ms=3, label="fitted pixels")
-    ax.plot(figure.cut_a, figure.cut_model, color="tab:red", lw=1.4, label="model")
-    ax.set_ylim(*figure.cut_limits)
+    ax = Axes.on(page, boxes[3], _span(figure.cut_a, margin=0.0), figure.cut_limits)
+    ax.line(figure.cut_a, figure.cut_data, GREY, width=0.8)
+    ax.markers(figure.cut_a[used], figure.cut_data[used], BLUE, size=2.5)
+    ax.line(figure.cut_a, figure.cut_model, RED, width=1.4)
     across = figure.fitted_axis
     along = "y" if across == "x" else "x"
-    ax.set_xlabel(f"{across} (px, across the orders)")
-    ax.set_ylabel("normalised flux")
-    ax.set_title(f"cut across the orders at {along} = {figure.middle} (orders run off the top)")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.suptitle(figure.title)
-
-
-# ----------------------------------------------------------------------------------- the child process
-class PlotProcess:
-    """Draw figures in a child process while the caller goes on.
-
-    :meth:`submit` queues a description and the file to write and returns at once (a feeder thread
-    passes it to the child, which reads only between figures); :meth:`finish` waits for every
-    figure and returns, per submitted file, ``None`` if it was written or the error message. If the
-    child cannot be started the figures are drawn in this process at :meth:`finish`.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: list[tuple[object, Path]] = []
-        self._errors = tempfile.TemporaryFile()
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._feeder: threading.Thread | None = None
-        try:
-            self._child: subprocess.Popen | None = subprocess.Popen(
-                [sys.executable, "-m", "soxs_mflat.plots"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._errors,
-                env={**os.environ, "MPLBACKEND": "Agg", "MALLOC_MMAP_THRESHOLD_": str(4 << 20)},
-            )
-        except OSError:
-            self._child = None
-        else:
-            self._feeder = threading.Thread(target=self._feed, args=(self._child.stdin,), daemon=True)
-            self._feeder.start()
-
-    def _feed(self, stream: IO[bytes]) -> None:
-        """Write queued jobs to the child until the end marker (or until the child is gone)."""
-        try:
-            while (message := self._outbox.get()) is not None:
-                stream.write(message)
-                stream.flush()
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            stream.close()
-
-    def submit(self, figure: OrderLocationFigure | BackgroundFigure, path: Path) -> None:
-        """Queue ``figure`` to be drawn into ``path``."""
-        self._jobs.append((figure, path))
-        if self._child is not None:
-            self._outbox.put(pickle.dumps((figure, str(path)), protocol=pickle.HIGHEST_PROTOCOL))
-
-    def finish(self) -> list[str | None]:
-        """Wait for every queued figure; per job, ``None`` if written or why it was not."""
-        results: list[str | None] = []
-        if self._child is not None:
-            self._outbox.put(None)
-            self._feeder.join()
-            lines = self._child.stdout.read().decode("utf-8", "replace").splitlines()
-            self._child.wait()
-            self._errors.seek(0)
-            crash = self._errors.read().decode("utf-8", "replace").strip().splitlines()
-            for i in range(len(self._jobs)):
-                line = lines[i] if i < len(lines) else f"error the plotting process stopped: {crash[-1:] or ['?']}"
-                results.append(None if line == "ok" else line.removeprefix("error "))
-            self._child.stdout.close()
-            self._child = None
-        else:
-            for figure, path in self._jobs:
-                try:
-                    render(figure, path)
-                    results.append(None)
-                except Exception as error:
-                    results.append(f"{type(error).__name__}: {error}")
-        self._errors.close()
-        self._jobs = []
-        return results
-
-    def close(self) -> None:
-        """Stop the child without waiting for its work (after a failed run); nothing once finished."""
-        if self._child is not None:
-            if self._child.poll() is None:
-                self._child.kill()
-                self._child.wait()
-            self._outbox.put(None)
-            self._feeder.join()
-            self._child.stdout.close()
-            self._child = None
-        self._errors.close()
-
-
-def _serve(requests: IO[bytes], replies: IO[str]) -> None:
-    """Child side of :class:`PlotProcess`: draw each ``(figure, path)`` read from ``requests``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.backends.backend_pdf  # imported now, while the parent works
-    import matplotlib.figure
-
-    while True:
-        try:
-            figure, path = pickle.load(requests)
-        except EOFError:
-            break
-        try:
-            render(figure, path)
-            replies.write("ok\n")
-        except Exception as error:
-            replies.write(f"error {type(error).__name__}: {' '.join(str(error).split())}\n")
-        replies.flush()
-
-
-if __name__ == "__main__":
-    from soxs_mflat import plots
-
-    plots._serve(sys.stdin.buffer, sys.stdout)
+    ax.frame(title=f"cut across the orders at {along} = {figure.middle} (orders run off the top)",
+             xlabel=f"{across} (px, across the orders)", ylabel="normalised flux", grid=True)
+    ax.legend([("line", GREY, figure.cut_label), ("dot", BLUE, "fitted pixels"), ("line", RED, "model")])
+    page.text(0.5 * page.width, 0.96 * page.height, figure.title, size=13.0, anchor="center", valign="center")

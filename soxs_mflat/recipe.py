@@ -7,6 +7,7 @@ edges → scattered light → bad pixels → (UVB) stitch lamps → QC → write
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -125,16 +126,13 @@ class MasterFlatRecipe:
         output_dir: Path | None = None,
         overwrite: bool = False,
         command: str = "",
-        plotter: plots.PlotProcess | None = None,
     ) -> None:
-        """``plotter``: a plot process started early by the caller (one is started otherwise)."""
         self.input_set = inputs
         self.settings_file = settings_file
         self.output_dir = output_dir
         self.overwrite = overwrite
         self.command = command
         self.log_buffer = io.StringIO()
-        self._plotter = plotter
         self._plots: list[PendingPlot] = []
         self._product_paths: ProductPaths | None = None
         self._checksums: dict[Path, Future] = {}
@@ -151,7 +149,6 @@ class MasterFlatRecipe:
             paths = self._paths(inputs, settings)
             self._refuse_to_clobber(paths, inputs)
             self._product_paths = paths
-            self._plotter = self._plotter or plots.PlotProcess()
             self._checksums = start_checksums(c.path for c in inputs.calibrations)
             arm_settings = settings.arm(inputs.arm)
             results = [self._reduce_lamp(lamp_set, inputs, settings, arm_settings) for lamp_set in inputs.lamp_sets]
@@ -598,34 +595,34 @@ class MasterFlatRecipe:
         return records
 
     def _plot(self, name: str, lamp: str, figure: plots.OrderLocationFigure | plots.BackgroundFigure) -> None:
-        """Start drawing a QC figure (``ORD_LOC`` or ``BKGROUND``) of product lamp tag ``lamp``."""
+        """Draw a QC figure (``ORD_LOC`` or ``BKGROUND``) of product lamp tag ``lamp`` into a temporary file,
+        renamed into place with the products; a figure that cannot be drawn is logged, not fatal."""
         if name == "ORD_LOC":
             path = self._product_paths.order_location_plot(lamp)
             label, description = "ORDER_LOC_RES", "visualisation of goodness of order edge fitting"
         else:
             path = self._product_paths.background_plot(lamp)
             label, description = "BKGROUND", "Fitted intra-order image background"
-        path.parent.mkdir(parents=True, exist_ok=True)
         pending = PendingPlot(lamp, path, temporary_path(path), label, description)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            plots.render(figure, pending.temporary)
+        except (OSError, ValueError) as error:
+            LOGGER.warning("QC plot %s was not written: %s", path.name, error)
+            with contextlib.suppress(OSError):
+                os.unlink(pending.temporary)
+            return
         self._plots.append(pending)
-        self._plotter.submit(figure, pending.temporary)
 
     def _finish_plots(self) -> list[PendingPlot]:
-        """Wait for the QC figures and rename them into place; a figure that failed is logged, not fatal."""
-        written = []
-        for plot, error in zip(self._plots, self._plotter.finish(), strict=True):
-            if error is None and plot.temporary.exists():
-                written.append(plot)
-                commit(plot.temporary, plot.path)
-            else:
-                LOGGER.warning("QC plot %s was not written: %s", plot.path.name, error or "no output")
-        self._plots = []
+        """Rename the drawn QC figures into place."""
+        for plot in self._plots:
+            commit(plot.temporary, plot.path)
+        written, self._plots = self._plots, []
         return written
 
     def _discard_plots(self) -> None:
-        """Stop the plotting process and remove any unfinished figures (a failed or finished run)."""
-        if self._plotter is not None:
-            self._plotter.close()
+        """Remove the figures of a run that failed before its products were written."""
         for plot in self._plots:
             if plot.temporary.exists():
                 os.unlink(plot.temporary)

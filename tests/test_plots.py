@@ -1,8 +1,10 @@
-"""QC figures: descriptions built from real step outputs, drawn in this process and in the plot process."""
+"""QC figures: descriptions built from real step outputs, and the PDF pages drawn from them."""
 
 from __future__ import annotations
 
 import pickle
+import re
+import zlib
 
 import numpy as np
 import pytest
@@ -11,10 +13,10 @@ from synthetic import synthetic_flat
 from soxs_mflat.background import fit_scattered_light
 from soxs_mflat.edges import detect_edges, fit_edges, order_location_table
 from soxs_mflat.footprints import order_bounds
+from soxs_mflat.pdfpage import Axes, Page, colormap, colour_image, nice_ticks, text_width, tick_label
 from soxs_mflat.plots import (
     BackgroundFigure,
     OrderLocationFigure,
-    PlotProcess,
     background_figure,
     block_average,
     order_location_figure,
@@ -61,33 +63,102 @@ def test_block_average_keeps_pages_small() -> None:
     assert pixels[100, 100] == pytest.approx(image[500:505, 500:505].mean())
 
 
-def test_render_in_process_writes_pdfs(figures: dict, tmp_path) -> None:
+def pdf_objects(data: bytes) -> tuple[dict[int, bytes], list[bytes]]:
+    """The objects of a PDF found through its cross-reference table, and its decompressed content streams."""
+    xref = int(re.search(rb"startxref\n(\d+)\n%%EOF", data).group(1))
+    assert data[xref:].startswith(b"xref\n0 ")
+    count = int(data[xref:].split(b"\n")[1].split()[1])
+    entries = data[xref:].split(b"\n")[3 : 2 + count]
+    objects = {}
+    for number, entry in enumerate(entries, start=1):
+        offset = int(entry.split()[0])
+        assert data[offset:].startswith(f"{number} 0 obj".encode())
+        objects[number] = data[offset : data.index(b"endobj", offset)]
+    streams = [zlib.decompress(body.split(b"stream\n", 1)[1].rsplit(b"\nendstream", 1)[0])
+               for body in objects.values() if b"/FlateDecode" in body and b"/Subtype /Image" not in body]
+    return objects, streams
+
+
+def test_render_writes_valid_pdfs_with_every_point(figures: dict, tmp_path) -> None:
+    """Every cross-reference offset points at its object, the image streams have the block-averaged
+    size, and every measured edge point is drawn."""
     for axis in ("x", "y"):
-        for k, figure in enumerate(figures[axis]):
+        locations, background = figures[axis]
+        for k, figure in enumerate((locations, background)):
             target = tmp_path / f"{axis}{k}.pdf"
             render(figure, target)
-            assert target.read_bytes().startswith(b"%PDF") and target.stat().st_size > 10_000
+            data = target.read_bytes()
+            assert data.startswith(b"%PDF-1.4") and data.endswith(b"%%EOF\n")
+            objects, streams = pdf_objects(data)
+            assert any(b"/Type /Catalog" in body for body in objects.values())
+            content = streams[0].decode("latin-1")
+            images = [body for body in objects.values() if b"/Subtype /Image" in body]
+            rows, cols = figure.image.pixels.shape if k == 0 else figure.model.pixels.shape
+            assert any(f"/Width {cols} /Height {rows}".encode() in body for body in images)
+            if k == 0:
+                n_points = 2 * (locations.measured_low.size + locations.measured_up.size)  # image + residual panels
+                assert content.count(" re") >= n_points
+                assert all(f"({order}) Tj" in content for order in locations.orders)
+            else:
+                assert "(scattered-light model) Tj" in content
 
 
-def test_plot_process_draws_in_a_child_and_reports_failures(figures: dict, tmp_path) -> None:
-    plotter = PlotProcess()
-    good = [tmp_path / "locations.pdf", tmp_path / "background.pdf"]
-    plotter.submit(figures["x"][0], good[0])
-    plotter.submit(figures["x"][1], good[1])
-    plotter.submit(figures["y"][0], tmp_path / "missing-folder" / "locations.pdf")
-    results = plotter.finish()
-    assert results[:2] == [None, None]
-    assert all(p.read_bytes().startswith(b"%PDF") for p in good)
-    assert results[2] is not None and "missing-folder" in results[2]
+def test_page_text_is_escaped_and_measured(tmp_path) -> None:
+    page = Page.inches(4, 3)
+    page.text(10, 10, "a (b) \\ c — σ − 5 ×", size=10)
+    page.save(tmp_path / "text.pdf")
+    _, streams = pdf_objects((tmp_path / "text.pdf").read_bytes())
+    assert "(a \\(b\\) \\\\ c \\227 sigma  - 5 \\327) Tj" in streams[0].decode("latin-1")
+    assert text_width("ii", 10) == pytest.approx(4.44) and text_width("MM", 10) == pytest.approx(16.66)
 
 
-def test_plot_process_stops_cleanly(figures: dict, tmp_path) -> None:
-    """A run that fails drops its figures at once; a child that dies is reported per figure, not raised."""
-    plotter = PlotProcess()
-    plotter.submit(figures["x"][0], tmp_path / "never.pdf")
-    plotter.close()
-    crashed = PlotProcess()
-    crashed.submit(figures["x"][1], tmp_path / "lost.pdf")
-    crashed._child.kill()
-    results = crashed.finish()
-    assert len(results) == 1 and "stopped" in results[0] and not (tmp_path / "lost.pdf").exists()
+def test_ticks_are_round_and_labels_as_precise_as_their_spacing() -> None:
+    np.testing.assert_allclose(nice_ticks(-0.5, 3999.5), [0, 1000, 2000, 3000])
+    np.testing.assert_allclose(nice_ticks(-0.06, 0.06), [-0.05, -0.025, 0, 0.025, 0.05])
+    assert nice_ticks(1.0, 1.0).tolist() == [1.0]
+    assert [tick_label(v, 0.025) for v in (-0.05, 0.0, 0.025)] == ["-0.050", "0.000", "0.025"]
+    assert tick_label(2000.0, 1000.0) == "2000" and tick_label(0.5, 0.5) == "0.5"
+
+
+def test_colour_images_map_limits_to_the_ends_of_the_colormap() -> None:
+    pixels = np.array([[0.0, 0.5, 1.0, np.nan, 7.0]])
+    rgb = colour_image(pixels, vmin=0.0, vmax=1.0, cmap="viridis")
+    table = colormap("viridis")
+    assert rgb.shape == (1, 5, 3) and rgb.dtype == np.uint8
+    assert (rgb[0, 0] == table[0]).all() and (rgb[0, 2] == table[-1]).all() and (rgb[0, 4] == table[-1]).all()
+    assert (rgb[0, 3] == 217).all()
+    assert tuple(colormap("gray")[128]) == (128, 128, 128)
+
+
+def test_axes_map_data_to_the_box_and_skip_non_finite_points(tmp_path) -> None:
+    page = Page.inches(4, 3)
+    ax = Axes.on(page, (0.25, 0.25, 0.75, 0.75), (0.0, 10.0), (-1.0, 1.0))
+    px, py = ax.to_page(np.array([0.0, 10.0]), np.array([-1.0, 1.0]))
+    np.testing.assert_allclose(px, [72.0, 216.0])
+    np.testing.assert_allclose(py, [54.0, 162.0])
+    ax.markers(np.array([1.0, np.nan, 3.0]), np.array([0.0, 0.5, np.inf]), (1.0, 0.0, 0.0))
+    ax.line(np.arange(6.0), np.array([0.0, 0.1, np.nan, 0.2, 0.3, 0.4]), (0.0, 0.0, 1.0))
+    page.save(tmp_path / "axes.pdf")
+    _, streams = pdf_objects((tmp_path / "axes.pdf").read_bytes())
+    content = streams[0].decode("latin-1")
+    assert content.count(" re f") == 1 and content.count(" re") == 3  # one marker, plus two clip boxes
+    assert content.count(" m ") == 2 and content.count(" l") == 3  # the line breaks at the NaN
+
+
+def test_a_figure_that_cannot_be_written_is_logged_not_fatal(figures: dict, tmp_path, caplog) -> None:
+    """The recipe draws each figure into a temporary file; one it cannot write costs a warning, not the run."""
+    from soxs_mflat.products import product_paths
+    from soxs_mflat.recipe import MasterFlatRecipe
+    from soxs_mflat.sof import InputSet
+
+    recipe = MasterFlatRecipe(InputSet(source="test", files=(), sof=None))
+    recipe._product_paths = product_paths(stem="good", root=tmp_path, instrument="soxs")
+    recipe._plot("ORD_LOC", "", figures["x"][0])
+    (tmp_path / "blocked").write_text("a file where the qc folder should go")
+    recipe._product_paths = product_paths(stem="bad", root=tmp_path / "blocked", instrument="soxs")
+    with caplog.at_level("WARNING", logger="soxs_mflat"):
+        recipe._plot("BKGROUND", "", figures["x"][1])
+    written = recipe._finish_plots()
+    assert [plot.path.name for plot in written] == ["good_ORD_LOC.pdf"] and written[0].path.exists()
+    assert "bad_BKGROUND.pdf was not written" in caplog.text
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "qc" / "soxs_mflat").iterdir())
