@@ -59,12 +59,12 @@ def colour_image(pixels: np.ndarray, *, vmin: float, vmax: float, cmap: str, gam
     """``pixels`` scaled to [vmin, vmax] (then raised to ``gamma``) and coloured by ``cmap``: rows × columns × 3
     uint8; non-finite pixels get the ``missing`` colour."""
     span = vmax - vmin if vmax > vmin else 1.0
-    with np.errstate(invalid="ignore"):
-        scaled = np.clip((np.asarray(pixels, dtype=np.float64) - vmin) / span, 0.0, 1.0)
+    values = np.asarray(pixels, dtype=np.float32)
+    finite = np.isfinite(values)
+    scaled = np.clip((np.where(finite, values, np.float32(vmin)) - np.float32(vmin)) / np.float32(span), 0.0, 1.0)
     if gamma != 1.0:
-        scaled **= gamma
-    finite = np.isfinite(scaled)
-    rgb = colormap(cmap)[np.where(finite, np.round(scaled * 255.0), 0).astype(np.intp)]
+        scaled **= np.float32(gamma)
+    rgb = colormap(cmap)[np.rint(scaled * 255.0).astype(np.uint8)]
     rgb[~finite] = np.round(np.array(missing) * 255.0).astype(np.uint8)
     return rgb
 
@@ -111,10 +111,6 @@ def _pdf_string(text: str) -> str:
         else:
             out.append(f"\\{byte:03o}")
     return "(" + "".join(out) + ")"
-
-
-def _numbers(values: np.ndarray) -> list[str]:
-    return [f"{v:.2f}" for v in np.asarray(values, dtype=np.float64).tolist()]
 
 
 @dataclass
@@ -174,7 +170,7 @@ class Page:
             return len(objects)
 
         def stream(data: bytes, extra: str = "") -> bytes:
-            packed = zlib.compress(data, 6)
+            packed = zlib.compress(data, 1)
             return (f"<< {extra} /Filter /FlateDecode /Length {len(packed)} >>\nstream\n".encode("ascii") + packed
                     + b"\nendstream")
 
@@ -232,8 +228,9 @@ class Axes:
         return px, py
 
     def _clipped(self, operators: list[str]) -> None:
+        """Emit ``operators`` clipped to the box, in units of 0.01 pt (as :func:`_path` writes coordinates)."""
         x0, y0, x1, y1 = self.box
-        self.page.emit(f"q {x0:.2f} {y0:.2f} {x1 - x0:.2f} {y1 - y0:.2f} re W n", *operators, "Q")
+        self.page.emit(f"q {x0:.2f} {y0:.2f} {x1 - x0:.2f} {y1 - y0:.2f} re W n 0.01 0 0 0.01 0 0 cm", *operators, "Q")
 
     def fill(self, colour: Colour) -> None:
         """Paint the background of the box."""
@@ -260,7 +257,7 @@ class Axes:
             corners = np.column_stack([px - half, py - half, px + half, py + half, px - half, py + half, px + half,
                                        py - half])
             path = _path("{} {} m {} {} l {} {} m {} {} l", corners)
-            self._clipped([f"{_rgb(colour)} RG 1.2 w {path} S"])
+            self._clipped([f"{_rgb(colour)} RG 120 w {path} S"])
         else:
             boxes = np.column_stack([px - half, py - half, np.full(px.size, size), np.full(px.size, size)])
             path = _path("{} {} {} {} re", boxes)
@@ -277,8 +274,8 @@ class Axes:
                 points = np.column_stack([px[start:stop], py[start:stop]])
                 pieces.append(_path("{} {} m", points[:1]) + " " + _path("{} {} l", points[1:]))
         if pieces:
-            pattern = f"[{dash}] 0 d " if dash else ""
-            self._clipped([f"{_rgb(colour)} RG {width:.2f} w {pattern}" + " ".join(pieces) + " S"])
+            pattern = f"[{' '.join(str(100 * float(v)) for v in dash.split())}] 0 d " if dash else ""
+            self._clipped([f"{_rgb(colour)} RG {100 * width:.0f} w {pattern}" + " ".join(pieces) + " S"])
 
     def band(self, along: np.ndarray, low: np.ndarray, high: np.ndarray, colour: Colour, *, alpha: float = 1.0,
              vertical: bool = False) -> None:
@@ -392,5 +389,7 @@ def _rgb(colour: Colour) -> str:
 
 
 def _path(template: str, values: np.ndarray) -> str:
-    """``template`` (one ``{}`` per column) filled with each row of ``values`` to 0.01 pt, rows joined."""
-    return " ".join([template] * values.shape[0]).format(*_numbers(values.ravel()))
+    """``template`` (one ``{}`` per column) filled with each row of ``values`` (pt) as whole 0.01 pt, rows
+    joined: integers are written several times faster than decimals (see :meth:`Axes._clipped`)."""
+    centi = np.round(np.asarray(values, dtype=np.float64).ravel() * 100.0).astype(np.int64).tolist()
+    return " ".join([template] * values.shape[0]).format(*centi)
