@@ -394,6 +394,8 @@ class MasterFlatRecipe:
         flat, uncertainty, flat_mask = combined.data, combined.uncertainty, combined.mask
         del combined
 
+        # The stack's masked pixels are NaN in its data, which edge detection and the scattered-light fit
+        # skip anyway: they are not handed the mask as well (a full-frame gather each).
         LOGGER.info("Detecting order edges%s", tag)
         a_bin = binning_ab[0]
         jh = inputs.arm == "NIR" and "JH" in inputs.slit.upper()
@@ -405,7 +407,6 @@ class MasterFlatRecipe:
             slice_width=arm.slice_width_for_edge_detection,
             min_threshold_pct=arm.min_percentage_threshold_for_edge_detection,
             max_threshold_pct=arm.max_percentage_threshold_for_edge_detection,
-            mask_ba=flat_mask,
             min_order=13 if jh else None,
         )
         fit = _fit_edges(detections, arm, binning_ab)
@@ -420,8 +421,7 @@ class MasterFlatRecipe:
         if settings.subtract_background:
             LOGGER.info("Fitting scattered light%s", tag)
             fitted = background.fit_scattered_light(flat, bounds, bspline_deg=settings.bspline_deg,
-                                                    gaussian_blur_sigma=settings.gaussian_blur_sigma,
-                                                    mask_ba=flat_mask)
+                                                    gaussian_blur_sigma=settings.gaussian_blur_sigma)
             model = fitted.model
             self._plot("BKGROUND", plot_lamp, plots.background_figure(flat, fitted, fitted_axis=fitted_axis,
                                                                       title=f"{inputs.arm}{tag}"))
