@@ -42,18 +42,38 @@ class NoiseModel:
     own_sigma: np.ndarray | float = 0.0
     common_sigma: np.ndarray | float = 0.0
 
-    def variance(self, data: np.ndarray, rows: slice = slice(None), select: np.ndarray | None = None) -> np.ndarray:
+    def variance(self, data: np.ndarray, rows: slice = slice(None), select: np.ndarray | None = None, *,
+                 out: np.ndarray | None = None) -> np.ndarray:
         """Variance (e⁻²) of the frame's own noise (excluding the common part) where its rows
-        ``rows`` (and, if given, the pixels ``select`` of those rows) hold ``data``."""
-        variance = np.add(data, pick_pixels(self.photon_pedestal, rows, select), dtype=np.float32)
-        np.maximum(variance, np.float32(0), out=variance)
+        ``rows`` (and, if given, the pixels ``select`` of those rows) hold ``data``; written into
+        ``out`` (which may be ``data``) if given."""
+        pedestal = pick_pixels(self.photon_pedestal, rows, select)
+        if _nonzero(pedestal):
+            data = np.add(data, pedestal, out=out, dtype=np.float32)
+        variance = np.maximum(data, np.float32(0), out=out, dtype=np.float32)
         variance += np.float32(self.ron**2)
-        variance += np.square(pick_pixels(self.own_sigma, rows, select), dtype=np.float32)
+        own_sigma = pick_pixels(self.own_sigma, rows, select)
+        if _nonzero(own_sigma):
+            variance += np.square(own_sigma, dtype=np.float32)
         return variance
 
     def common(self, rows: slice = slice(None), select: np.ndarray | None = None) -> np.ndarray | float:
         """The variance shared by every flat, on rows ``rows`` (pixels ``select`` of them if given)."""
         return np.square(pick_pixels(self.common_sigma, rows, select), dtype=np.float32)
+
+    def picked(self, rows: slice, select: np.ndarray | None = None) -> NoiseModel:
+        """This model on rows ``rows`` only (pixels ``select`` of them if given), its images flattened."""
+
+        def pick(image: np.ndarray | float) -> np.ndarray | float:
+            picked = pick_pixels(image, rows, select)
+            return picked.reshape(-1) if isinstance(picked, np.ndarray) else picked
+
+        return NoiseModel(self.ron, pick(self.photon_pedestal), pick(self.own_sigma), pick(self.common_sigma))
+
+
+def _nonzero(value: np.ndarray | float) -> bool:
+    """Whether ``value`` is an array or a non-zero scalar (adding it is not a no-op)."""
+    return isinstance(value, np.ndarray) or value != 0
 
 
 @dataclass(frozen=True)

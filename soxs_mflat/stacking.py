@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import bottleneck as bn
 import numpy as np
 
-from soxs_mflat.detrend import NoiseModel, pick_pixels
+from soxs_mflat.detrend import NoiseModel
 
 MAD_TO_SIGMA = 1.482602218505602
 CHUNK_PIXELS = 1 << 15
@@ -68,46 +69,76 @@ class FlatCube:
 
     def block(self, rows: slice, select: np.ndarray | None = None) -> np.ndarray:
         """Values of rows ``rows`` of every flat — only pixels ``select`` of them if given — as
-        float32 (n_flats, rows, columns) or (n_flats, n_selected)."""
-        size = self.stored[0, rows].shape if select is None else (int(np.count_nonzero(select)),)
+        float32 (n_flats, rows, columns) or (n_flats, n_selected).
+
+        Offset and mask images shared by several flats are picked once per block.
+        """
+        positions = None if select is None else np.flatnonzero(select)
+        size = self.stored[0, rows].shape if positions is None else positions.shape
         out = np.empty((self.n_flats, *size), dtype=np.float32)
+
+        def pick(image: np.ndarray) -> np.ndarray:
+            return image[rows] if positions is None else np.take(image[rows], positions)
+
+        picked: dict[tuple[int, int], tuple[np.ndarray | None, np.ndarray | None]] = {}
+        saturated = self._may_saturate(self.stored[:, rows])
         for i in range(self.n_flats):
-            stored = self.stored[i, rows] if select is None else self.stored[i, rows][select]
-            self._read(i, stored, lambda image: pick_pixels(image, rows, select), out[i])
+            stored = self.stored[i, rows] if positions is None else np.take(self.stored[i, rows], positions)
+            self._read(i, stored, out[i], *self._calibration(i, pick, picked), saturated=saturated)
         return out
 
     def values(self, index: int, select: np.ndarray) -> np.ndarray:
         """Values of flat ``index`` at the pixels ``select`` (a boolean frame), float32.
 
-        The offset and mask images, usually shared by every flat, are gathered at ``select`` once
-        and kept (with ``select``) for the other flats, until :meth:`with_levels` makes a new cube.
+        The positions of ``select`` and the offset and mask images, usually shared by every flat,
+        gathered there are computed once and kept (with ``select``) for the other flats, until
+        :meth:`with_levels` makes a new cube.
         """
-        stored = self.stored[index][select]
+        positions = self._cached((id(select),), (select,), lambda: np.flatnonzero(select))
+        offset, mask = self.offsets[index], self.masks[index]
+        key = (id(select), id(offset), id(mask))
+        gathered = self._cached(key, (select, offset, mask),
+                                lambda: self._calibration(index, lambda image: np.take(image, positions), {}))
+        stored = np.take(self.stored[index], positions)
         out = np.empty(stored.size, dtype=np.float32)
-        self._read(index, stored, lambda image: self._gathered(image, select), out)
+        self._read(index, stored, out, *gathered, saturated=self._may_saturate(stored))
         return out
 
-    def _gathered(self, image: np.ndarray, select: np.ndarray) -> np.ndarray:
-        key = (id(image), id(select))
+    def _cached(self, key: tuple[int, ...], objects: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()``, kept under ``key`` (the ids of ``objects``) while those objects are alive."""
         cached = self._selections.get(key)
-        if cached is None or cached[0] is not image or cached[1] is not select:
-            cached = self._selections[key] = (image, select, image[select])
-        return cached[2]
+        if cached is None or any(kept is not obj for kept, obj in zip(cached[0], objects, strict=True)):
+            cached = self._selections[key] = (objects, compute())
+        return cached[1]
 
-    def _read(self, index: int, stored: np.ndarray, pick: Callable[[np.ndarray], np.ndarray], out: np.ndarray) -> None:
-        """Detrend, mask and normalise ``stored`` (some pixels of flat ``index``) into ``out``;
-        ``pick`` takes the same pixels from a frame-sized offset or mask image."""
+    def _calibration(self, index: int, pick: Callable[[np.ndarray], np.ndarray],
+                     picked: dict[tuple[int, int], tuple[np.ndarray | None, np.ndarray | None]],
+                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Flat ``index``'s offset picked by ``pick`` and the positions its mask sets there, taken
+        from ``picked`` (keyed by the images' ids) when another flat shares both images."""
+        offset, mask = self.offsets[index], self.masks[index]
+        key = (id(offset), id(mask))
+        if key not in picked:
+            picked[key] = (None if offset is None else pick(offset),
+                           None if mask is None else np.flatnonzero(pick(mask)))
+        return picked[key]
+
+    def _may_saturate(self, stored: np.ndarray) -> bool:
+        """Whether some of ``stored`` may be at or above the saturation level (or NaN)."""
+        return self.saturation is not None and stored.size > 0 and not stored.max() < self.saturation
+
+    def _read(self, index: int, stored: np.ndarray, out: np.ndarray, offset: np.ndarray | None,
+              masked: np.ndarray | None, *, saturated: bool) -> None:
+        """Detrend, mask and normalise ``stored`` (some pixels of flat ``index``) into ``out`` (contiguous);
+        ``offset`` holds the same pixels of the flat's offset, ``masked`` the flat positions its mask sets,
+        and only if ``saturated`` are the values compared with the saturation level."""
         np.multiply(stored, np.float32(self.scale), out=out, casting="unsafe")
-        offset = self.offsets[index]
         if offset is not None:
-            out -= pick(offset)
-        bad = None if self.saturation is None else stored >= self.saturation
-        mask = self.masks[index]
-        if mask is not None:
-            mask = pick(mask)
-            bad = mask if bad is None else bad | mask
-        if bad is not None:
-            out[bad] = np.nan
+            out -= offset
+        if saturated:
+            out[stored >= self.saturation] = np.nan
+        if masked is not None and masked.size:
+            out.reshape(-1)[masked] = np.nan
         if self.levels[index] != 1.0:
             out /= np.float32(self.levels[index])
 
@@ -174,7 +205,7 @@ def measure_levels(cube: FlatCube, band: np.ndarray, *, workers: int = 2) -> Exp
         values = values[np.isfinite(values)]
         if values.size == 0:
             return np.nan, np.full(3, np.nan)
-        return clipped_mean(values, sigma=3.0), np.percentile(values, [10, 50, 90])
+        return clipped_mean(values, sigma=3.0), _percentiles(values, (10, 50, 90))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         measured = list(pool.map(measure, range(cube.n_flats)))
@@ -191,8 +222,8 @@ def clipped_mean(values: np.ndarray, *, sigma: float, iterations: int = 5) -> fl
     sample = values[:: max(1, values.size // SAMPLE_SIZE)]
     centre = spread = 0.0
     for _ in range(iterations):
-        centre = float(np.median(sample))
-        spread = MAD_TO_SIGMA * float(np.median(np.abs(sample - np.float32(centre))))
+        centre = _median(sample)
+        spread = MAD_TO_SIGMA * _median(np.abs(sample - np.float32(centre)))
         if spread == 0:
             return centre
         inside = sample[np.abs(sample - np.float32(centre)) <= sigma * spread]
@@ -202,13 +233,42 @@ def clipped_mean(values: np.ndarray, *, sigma: float, iterations: int = 5) -> fl
     return float(np.mean(values[np.abs(values - np.float32(centre)) <= sigma * spread], dtype=np.float64))
 
 
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of ``values`` (no NaN), by single-rank partitions (much faster than its two-rank one)."""
+    work = values.copy()
+    middle = (work.size - 1) // 2
+    work.partition(middle)
+    if work.size % 2:
+        return float(work[middle])
+    return float((work[middle] + work[middle + 1 :].min()) / np.float32(2))
+
+
+def _percentiles(values: np.ndarray, percents: tuple[float, ...]) -> np.ndarray:
+    """``np.percentile(values, percents)`` (linear interpolation, no NaN), by single-rank partitions."""
+    work = values.copy()
+    n = work.size
+    result = []
+    for percent in percents:
+        quantile = percent / 100
+        position = n * quantile + (1 - quantile) - 1
+        below = min(int(np.floor(position)), n - 1)
+        gamma = position - below
+        work.partition(below)
+        low = work[below]
+        high = work[below + 1 :].min() if below + 1 < n else low
+        difference = float(high - low)
+        result.append(float(low) + difference * gamma if gamma < 0.5 else float(high) - difference * (1 - gamma))
+    return np.array(result)
+
+
 def ratio_levels(cube: FlatCube, reference: np.ndarray, band: np.ndarray, *, workers: int = 2) -> np.ndarray:
     """Second-pass level of each (normalised) flat: clipped mean of ``flat / reference`` over the band."""
     good_reference = band & np.isfinite(reference) & (reference > 0)
     reference_values = reference[good_reference]
 
     def level(index: int) -> float:
-        ratio = cube.values(index, good_reference) / reference_values
+        ratio = cube.values(index, good_reference)
+        ratio /= reference_values
         ratio = ratio[np.isfinite(ratio)]
         return clipped_mean(ratio, sigma=3.0) if ratio.size else np.nan
 
@@ -266,6 +326,23 @@ class _Block:
     sigma: np.float32
     iterations: int
     where: np.ndarray | None
+    scales: np.ndarray = field(init=False)
+    inverse_squared: np.ndarray = field(init=False)
+    models: list[tuple[NoiseModel, slice | list[int], np.float32]] = field(init=False)
+    """Each distinct noise model, the flats it describes (all: a slice), and its weight in the common variance."""
+
+    def __post_init__(self) -> None:
+        levels = self.cube.levels
+        inverse_squared = (1.0 / levels**2).astype(np.float32)
+        flats_of: dict[int, list[int]] = {}
+        for i, model in enumerate(self.noise):
+            flats_of.setdefault(id(model), []).append(i)
+        models = [(self.noise[flats[0]], slice(None) if len(flats_of) == 1 else flats,
+                   np.float32(np.sum(inverse_squared[flats], dtype=np.float64) / len(self.noise)))
+                  for flats in flats_of.values()]
+        object.__setattr__(self, "scales", levels.astype(np.float32))
+        object.__setattr__(self, "inverse_squared", inverse_squared)
+        object.__setattr__(self, "models", models)
 
     def combine(self, rows: slice, outputs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:
         """Stack rows ``rows`` into ``outputs`` (data, uncertainty, count); return the values clipped."""
@@ -274,40 +351,68 @@ class _Block:
             return 0
         values = self.cube.block(rows, select)
         n_flats = values.shape[0]
-        levels = self.cube.levels
-        inverse_squared = (1.0 / levels**2).astype(np.float32)
-        variance = np.empty_like(values)
-        for i in range(n_flats):
-            flux = values[i] * np.float32(levels[i])
-            variance[i] = self.noise[i].variance(flux, rows, select)
-            variance[i] *= inverse_squared[i]
-        finite = ~np.isnan(values)
-        count = finite.sum(axis=0, dtype=np.uint16)
-        summed = np.where(finite, values, np.float32(0)).sum(axis=0)
-        summed_variance = np.where(finite, variance, np.float32(0)).sum(axis=0)
+        values = values.reshape(n_flats, -1)
+        variance, common = self._variances(values, rows, select)
+        summed, summed_variance, count = _finite_sums(values, variance)
         with np.errstate(invalid="ignore", divide="ignore"):
             floor = np.sqrt(summed_variance / count)
-            suspect = np.fmax.reduce(values, axis=0) - np.fmin.reduce(values, axis=0) > self.sigma * floor
+            suspect = np.flatnonzero(np.fmax.reduce(values, axis=0) - np.fmin.reduce(values, axis=0) > self.sigma * floor)
         n_clipped = 0
-        if suspect.any():
+        if suspect.size:
             candidates = values[:, suspect]
             clipped = _clip(candidates, floor[suspect], sigma=float(self.sigma), iterations=self.iterations)
             n_clipped = int(clipped.sum())
             if n_clipped:
-                kept = ~clipped & ~np.isnan(candidates)
-                summed[suspect] = np.where(kept, candidates, np.float32(0)).sum(axis=0)
-                summed_variance[suspect] = np.where(kept, variance[:, suspect], np.float32(0)).sum(axis=0)
-                count[suspect] = kept.sum(axis=0, dtype=np.uint16)
-        common = sum(self.noise[i].common(rows, select) * inverse_squared[i] for i in range(n_flats)) / n_flats
+                candidates[clipped] = np.nan
+                for total, part in zip((summed, summed_variance, count), _finite_sums(candidates, variance[:, suspect]),
+                                       strict=True):
+                    total[suspect] = part
         data, uncertainty, n_used = outputs
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = summed / count
             sigma_mean = np.sqrt(summed_variance / np.square(count, dtype=np.float32) + common)
         if select is None:
-            data[rows], uncertainty[rows], n_used[rows] = mean, sigma_mean, count
+            shape = data[rows].shape
+            data[rows], uncertainty[rows], n_used[rows] = mean.reshape(shape), sigma_mean.reshape(shape), count.reshape(shape)
         else:
-            data[rows][select], uncertainty[rows][select], n_used[rows][select] = mean, sigma_mean, count
+            positions = np.flatnonzero(select)
+            for output, result in zip(outputs, (mean, sigma_mean, count), strict=True):
+                output[rows].reshape(-1)[positions] = result
         return n_clipped
+
+    def _variances(self, values: np.ndarray, rows: slice, select: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | float]:
+        """Each normalised value's own variance, and the common variance of the mean of all flats.
+
+        Each distinct noise model is picked for the block once; when all flats share one, they are
+        computed together.
+        """
+        variance = np.empty_like(values)
+        common: np.ndarray | float = 0.0
+        for model, flats, weight in self.models:
+            picked = model.picked(rows, select)
+            for which in [flats] if isinstance(flats, slice) else flats:
+                part = np.multiply(values[which], self.scales[which, None], out=variance[which])
+                picked.variance(part, out=part)
+                part *= self.inverse_squared[which, None]
+            common = common + picked.common() * weight
+        return variance, common
+
+
+def _finite_sums(values: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sums of the non-NaN ``values`` (n_flats, n_pixels), of their ``variance``, and their count.
+
+    Plain sums, redone NaN-aware only for the few pixels holding a NaN.
+    """
+    summed = values.sum(axis=0)
+    summed_variance = variance.sum(axis=0)
+    count = np.full(summed.shape, values.shape[0], dtype=np.uint16)
+    holes = np.flatnonzero(np.isnan(summed))
+    if holes.size:
+        finite = ~np.isnan(values[:, holes])
+        summed[holes] = np.where(finite, values[:, holes], np.float32(0)).sum(axis=0)
+        summed_variance[holes] = np.where(finite, variance[:, holes], np.float32(0)).sum(axis=0)
+        count[holes] = finite.sum(axis=0, dtype=np.uint16)
+    return summed, summed_variance, count
 
 
 def _clip_pass(values: np.ndarray, floor: np.ndarray, sigma: float) -> np.ndarray:
@@ -317,10 +422,10 @@ def _clip_pass(values: np.ndarray, floor: np.ndarray, sigma: float) -> np.ndarra
     noise of one flat: with a handful of flats the MAD alone is too noisy a yardstick, sometimes far
     too small (clipping good values) and often several times too large (keeping cosmic rays).
     """
-    centre = bn.nanmedian(values, axis=0)
-    spread = np.clip(MAD_TO_SIGMA * bn.nanmedian(np.abs(values - centre), axis=0), floor, MAX_SPREAD_RATIO * floor)
+    deviation = np.abs(values - bn.nanmedian(values, axis=0))
+    spread = np.clip(MAD_TO_SIGMA * bn.nanmedian(deviation, axis=0), floor, MAX_SPREAD_RATIO * floor)
     with np.errstate(invalid="ignore"):
-        return np.abs(values - centre) > sigma * spread
+        return deviation > sigma * spread
 
 
 def _clip(values: np.ndarray, floor: np.ndarray, *, sigma: float, iterations: int) -> np.ndarray:

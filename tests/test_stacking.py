@@ -10,6 +10,8 @@ from soxs_mflat.stacking import (
     MAD_TO_SIGMA,
     MAX_SPREAD_RATIO,
     FlatCube,
+    _median,
+    _percentiles,
     centre_band_mask,
     clipped_mean,
     measure_levels,
@@ -191,3 +193,10 @@ def test_centre_band_and_clipped_mean() -> None:
     assert list(np.flatnonzero(band[4])) == [7, 8, 9, 10, 11, 12]
     values = np.r_[np.random.default_rng(0).normal(100, 1, 10000), [1e6] * 10]
     assert clipped_mean(values, sigma=3) == pytest.approx(100, abs=0.05)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 1000, 1001, 40000])
+def test_partition_median_and_percentiles_equal_numpy(size: int) -> None:
+    values = (np.random.default_rng(size).normal(1, 0.01, size) * 17000).astype(np.float32)
+    assert _median(values) == float(np.median(values))
+    assert np.array_equal(_percentiles(values, (10, 50, 90)), np.percentile(values, [10, 50, 90]))
