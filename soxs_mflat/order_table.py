@@ -145,35 +145,63 @@ def to_hdulist(table: OrderTable, *, trace_binning: tuple[int, int] = (1, 1)) ->
     ``ORDER_TRACES`` extension is sampled at every unbinned axis-B pixel.
     """
     a, b = table.fitted_axis, table.along_axis
-    coefficient_columns = _coefficient_columns(table)
-    coefficients = fits.BinTableHDU.from_columns(
-        [
-            fits.Column(name=name, format="K" if isinstance(value, int | np.integer) else "D", array=[value])
-            for name, value in coefficient_columns
-        ]
-    )
+    coefficients = _binary_table([(name, np.array([value])) for name, value in _coefficient_columns(table)])
     order_values = table.orders.astype(np.float64) if table.has_edges else table.orders.astype(np.int64)
-    meta_columns = [
-        fits.Column(name="order", format="D" if table.has_edges else "K", array=order_values),
-        fits.Column(name=f"{b}min", format="D", array=table.b_min.astype(np.float64)),
-        fits.Column(name=f"{b}max", format="D", array=table.b_max.astype(np.float64)),
-        fits.Column(name=f"{a}min", format="D", array=table.a_min.astype(np.float64)),
-        fits.Column(name=f"{a}max", format="D", array=table.a_max.astype(np.float64)),
-    ]
-    meta_columns += [
-        fits.Column(name=name, format="D", array=np.asarray(values, dtype=np.float64))
-        for name, values in table.extra_meta.items()
-    ]
-    meta = fits.BinTableHDU.from_columns(meta_columns)
-    traces = fits.BinTableHDU.from_columns(
-        [
-            fits.Column(name=name, format="K" if values.dtype.kind in "iu" else "D", array=values)
-            for name, values in order_traces(table, trace_binning[1]).items()
-        ],
-        name="ORDER_TRACES",
+    limits = [(f"{b}min", table.b_min), (f"{b}max", table.b_max), (f"{a}min", table.a_min), (f"{a}max", table.a_max)]
+    meta = _binary_table(
+        [("order", order_values)]
+        + [(name, np.asarray(values, dtype=np.float64)) for name, values in [*limits, *table.extra_meta.items()]]
     )
-    primary = fits.PrimaryHDU(header=table.header.copy())
+    traces = _binary_table(list(order_traces(table, trace_binning[1]).items()), extname="ORDER_TRACES")
+    primary = fits.PrimaryHDU(header=table.header)  # copies the header
     return fits.HDUList([primary, coefficients, meta, traces])
+
+
+def _binary_table(columns: list[tuple[str, np.ndarray]], extname: str | None = None) -> fits.BinTableHDU:
+    """A binary-table HDU with one K (integer) or D (float) column per array, made from its FITS bytes.
+
+    The header is card for card what ``BinTableHDU.from_columns`` writes, but building it as text
+    skips astropy's per-column ``Column`` and ``Card`` objects (~0.1 s for the coefficient table).
+    """
+    n_rows = len(columns[0][1]) if columns else 0
+    dtype = np.dtype([(name, ">i8" if values.dtype.kind in "biu" else ">f8") for name, values in columns])
+    rows = np.empty(n_rows, dtype=dtype)
+    for name, values in columns:
+        rows[name] = values
+    cards = [
+        _card("XTENSION", "BINTABLE", "binary table extension"),
+        _card("BITPIX", 8, "array data type"),
+        _card("NAXIS", 2, "number of array dimensions"),
+        _card("NAXIS1", dtype.itemsize, "length of dimension 1"),
+        _card("NAXIS2", n_rows, "length of dimension 2"),
+        _card("PCOUNT", 0, "number of group parameters"),
+        _card("GCOUNT", 1, "number of groups"),
+        _card("TFIELDS", len(columns), "number of table fields"),
+    ]
+    for i, (name, _) in enumerate(columns, start=1):
+        cards += [_card(f"TTYPE{i}", name), _card(f"TFORM{i}", "K" if dtype[name].kind == "i" else "D")]
+    if extname is not None:
+        cards.append(_card("EXTNAME", extname, "extension name"))
+    cards.append(f"{'END':80}")
+    return fits.BinTableHDU.fromstring(_padded("".join(cards).encode("ascii"), b" ") + _padded(rows.tobytes(), b"\0"))
+
+
+def _card(keyword: str, value: str | int, comment: str = "") -> str:
+    """One 80-character header card formatted as astropy formats it."""
+    if isinstance(value, str):
+        quoted = "'" + value.replace("'", "''").ljust(8) + "'"
+        text = f"{quoted:20}"
+    else:
+        text = f"{value:>20d}"
+    card = f"{keyword:8}= {text}" + (f" / {comment}" if comment else "")
+    if len(card) > 80:
+        raise ValueError(f"order-table card {card!r} is longer than 80 characters")
+    return f"{card:80}"
+
+
+def _padded(data: bytes, fill: bytes) -> bytes:
+    """``data`` padded with ``fill`` to a whole number of 2880-byte FITS blocks."""
+    return data + fill * (-len(data) % 2880)
 
 
 def order_traces(table: OrderTable, b_bin: int) -> dict[str, np.ndarray]:

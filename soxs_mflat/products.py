@@ -135,10 +135,22 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_hdulist(hdulist: fits.HDUList, path: Path) -> Path:
-    """Write FITS HDUs atomically, with checksums."""
+    """Write FITS HDUs atomically, with checksums.
+
+    Native-order float images are first copied to big-endian (FITS order): astropy would otherwise
+    byte-swap them in place and back twice, for the checksum and again for writing.
+    """
     for hdu in hdulist:
+        if isinstance(hdu, fits.PrimaryHDU | fits.ImageHDU) and hdu.data is not None:
+            hdu.data = _big_endian(hdu.data)
         hdu.add_checksum()
     return write_atomic(path, lambda tmp: hdulist.writeto(tmp, output_verify="silentfix"))
+
+
+def _big_endian(data: np.ndarray) -> np.ndarray:
+    """``data`` itself if already in FITS byte order (or not a float image), else a big-endian copy."""
+    big = data.dtype.newbyteorder(">")
+    return data.astype(big) if data.dtype.kind == "f" and data.dtype != big else data
 
 
 def write_text(text: str, path: Path) -> Path:
@@ -223,14 +235,14 @@ def provenance_header(
 def image_hdulist(data: np.ndarray, mask: np.ndarray, uncertainty: np.ndarray, header: fits.Header) -> fits.HDUList:
     """FLUX (float32) / QUAL (uint8) / ERRS (float32) HDUs (spec §2.3, §5.1).
 
-    Arrays are passed through when already contiguous float32/bool; a transposed view (SOXS NIR) is
-    copied once, which astropy then writes ~3× faster than the view.
+    The float images are copied once, contiguous and big-endian (FITS order), so that neither the
+    checksum nor the writer has to byte-swap them; the mask is passed through when contiguous bool.
     """
-    primary = fits.PrimaryHDU(np.ascontiguousarray(data, dtype=np.float32), header=header)
+    primary = fits.PrimaryHDU(np.ascontiguousarray(data, dtype=">f4"), header=header)
     primary.header["EXTNAME"] = "FLUX"
     primary.header["BUNIT"] = ""
     qual = fits.ImageHDU(np.ascontiguousarray(mask, dtype=bool).view(np.uint8), name="QUAL")
-    errs = fits.ImageHDU(np.ascontiguousarray(uncertainty, dtype=np.float32), name="ERRS")
+    errs = fits.ImageHDU(np.ascontiguousarray(uncertainty, dtype=">f4"), name="ERRS")
     errs.header["UTYPE"] = "StdDevUncertainty"
     errs.header["BUNIT"] = ""
     return fits.HDUList([primary, qual, errs])

@@ -1,16 +1,18 @@
-"""Raw-frame preparation (rotation, trim, gain, uncertainty, mask) and atomic product writing."""
+"""Raw-frame preparation (rotation, trim, gain, uncertainty, mask), image reading and atomic product writing."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from soxs_mflat.errors import UserInputError
-from soxs_mflat.frames import prepare_raw
+from soxs_mflat.frames import prepare_raw, read_prepared, read_raw_adu
 from soxs_mflat.instruments import DETECTORS
-from soxs_mflat.products import product_paths, write_atomic, write_text
+from soxs_mflat.products import image_hdulist, product_paths, write_atomic, write_hdulist, write_text
 
 
 def _raw_index_of(prepared_row: int, prepared_col: int, *, k: int, raw_shape: tuple[int, int],
@@ -101,3 +103,50 @@ def test_product_names_never_collide() -> None:
     assert uvb.order_table("DLAMP").name.endswith("_OLOC_SLIT1_0_10_0S_XSHOOTER_DLAMP.fits")
     assert len({uvb.master_flat(), uvb.master_flat("DLAMP"), uvb.master_flat("QLAMP"), uvb.order_table(),
                 uvb.order_table("QLAMP"), uvb.background(), uvb.background("DLAMP")}) == 7
+
+
+@pytest.mark.parametrize(
+    ("dtype", "cards"),
+    [
+        (np.uint16, {}),
+        (np.uint32, {}),
+        (np.int16, {}),
+        (np.uint8, {}),
+        (np.float32, {}),
+        (np.int16, {"BZERO": 32768.0, "BSCALE": 1.0, "BLANK": -32768}),
+        (np.int16, {"BSCALE": 2.0, "BZERO": 10.0}),
+    ],
+)
+def test_raw_reading_matches_astropy(tmp_path: Path, dtype: type, cards: dict[str, float]) -> None:
+    """The one-pass unsigned conversion gives astropy's values and dtype; other scalings are astropy's own."""
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, np.iinfo(dtype).max, (30, 20)) if np.dtype(dtype).kind in "iu" else rng.random((30, 20))
+    hdu = fits.PrimaryHDU(image.astype(dtype))
+    hdu.header.update(cards)
+    hdu.writeto(tmp_path / "raw.fits")
+    with fits.open(tmp_path / "raw.fits", memmap=False) as hdulist:
+        expected = hdulist[0].data
+    data = read_raw_adu(tmp_path / "raw.fits")
+    assert data.dtype == expected.dtype
+    np.testing.assert_array_equal(data, expected)
+
+
+def test_image_product_round_trip_with_valid_checksums(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(40, 30)).astype(np.float32)
+    uncertainty = np.asfortranarray(np.abs(data))  # copied to C order on the way
+    mask = rng.random((40, 30)) < 0.1
+    path = write_hdulist(image_hdulist(data, mask, uncertainty, fits.Header({"OBJECT": "FLAT"})), tmp_path / "p.fits")
+    background = fits.HDUList([fits.PrimaryHDU(data)])
+    write_hdulist(background, tmp_path / "b.fits")
+    np.testing.assert_array_equal(background[0].data, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fits.open(path, checksum=True) as hdulist, fits.open(tmp_path / "b.fits", checksum=True) as bkg:
+            assert [hdu.name for hdu in hdulist] == ["FLUX", "QUAL", "ERRS"]
+            assert hdulist[0].header["BITPIX"] == -32 and hdulist[1].header["BITPIX"] == 8
+            np.testing.assert_array_equal(bkg[0].data, data)
+    prepared = read_prepared(path)
+    np.testing.assert_array_equal(prepared.data, data)
+    np.testing.assert_array_equal(prepared.uncertainty, uncertainty)
+    np.testing.assert_array_equal(prepared.mask, mask)
