@@ -58,20 +58,27 @@ from soxs_mflat import __version__
 from soxs_mflat.errors import UserInputError
 
 EXIT_USER_ERROR = 2
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-"""glibc's ``mallopt`` parameter number for the mapping threshold."""
+"""glibc's ``mallopt`` parameter numbers for the heap trim and mapping thresholds."""
 
 
-def _release_freed_arrays() -> None:
-    """Give every allocation of 4 MB or more (every image and mask) its own memory mapping.
+def _tune_allocator() -> None:
+    """Give every allocation of 8 MB or more (frames and most masks) its own memory mapping, and let
+    the heap keep up to 16 MB of freed memory.
 
-    glibc otherwise raises its mapping threshold to the largest block freed so far (up to 32 MB),
-    after which freed frame-sized temporaries stay in the process heap: the peak resident memory
-    of a run was ~25 % higher than what it ever held at once.
+    glibc otherwise raises its mapping threshold to the largest block freed so far (up to 32 MB), after
+    which freed frame-sized temporaries stay in the heap: the peak resident memory of a run was ~25 %
+    higher than what it ever held at once. A mapping is returned when freed, so frames leave the
+    process; the smaller row-block temporaries are reused from the heap instead of being mapped and
+    zeroed afresh each time, which halves the page faults (X-shooter VIS: 0.7 M → 0.33 M, ~0.7 s less
+    kernel time) for ~10 MB more peak memory.
     """
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 4 << 20)
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(M_MMAP_THRESHOLD, 8 << 20)
+            libc.mallopt(M_TRIM_THRESHOLD, 16 << 20)
 
 
 def _absolute(path: str) -> str:
@@ -93,7 +100,7 @@ def _run_mflat(arguments: dict, *, verbose: bool) -> int:
     from soxs_mflat.report import format_report
     from soxs_mflat.sof import parse_input_frames
 
-    _release_freed_arrays()
+    _tune_allocator()
     cwd = Path.cwd()
     input_set = parse_input_frames(arguments["<inputFrames>"], cwd=cwd)
     settings_file = Path(arguments["-s"]).expanduser().resolve() if arguments["-s"] else None
