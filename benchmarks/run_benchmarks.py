@@ -1,10 +1,11 @@
 """Speed and memory of soxs_mflat against soxspipe 0.19.0 on simulated sets.
 
 Each set is simulated once (in a child process); then each tool reduces it ``--runs`` times in a
-fresh process. Per run this records the wall time, the peak resident memory the kernel reports for
-the tool's process (``os.wait4``), and the peak of the summed resident memory of the tool's whole
-process tree, sampled every 10 ms (soxs_mflat draws its QC figures in a child process, so this is
-the honest total). The report gives medians and the ratios soxspipe / soxs_mflat. soxspipe runs
+fresh process, the two tools taking turns (this machine's speed drifts by tens of per cent over
+minutes, so back-to-back blocks of runs would bias the ratio). Per run this records the wall time,
+the peak resident memory the kernel reports for the tool's process (``os.wait4``), and the peak of
+the summed resident memory of the tool's whole process tree, sampled every 10 ms (any child
+process counts). The report gives medians and the ratios soxspipe / soxs_mflat. soxspipe runs
 from ``.venv-soxspipe`` (``make interop`` builds it); without it only soxs_mflat is measured.
 
 This measuring process imports nothing heavy and simulates nothing itself: a child started with
@@ -99,19 +100,15 @@ def prepare(work: Path, instrument: str, arm: str) -> tuple[Path, Path, Path]:
     return sof, ours, theirs
 
 
-def run_tool(tool: Path, sof: Path, settings: Path, out: Path, runs: int) -> list[dict]:
-    """Reduce the set ``runs`` times with ``tool``, each in a fresh output folder."""
-    results = []
-    for run in range(runs):
-        target = out / f"run{run}"
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        shutil.copy(settings, target / "soxspipe.yaml")
-        command = [str(tool), "mflat", str(sof), "-o", str(target), "-s", str(target / "soxspipe.yaml"), "-x"]
-        measured = measure(command, cwd=sof.parent)
-        measured["product"] = any(target.rglob("*MFLAT*.fits"))
-        results.append(measured)
-    return results
+def run_once(tool: Path, sof: Path, settings: Path, target: Path) -> dict:
+    """Reduce the set once with ``tool`` into a fresh output folder ``target``."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    shutil.copy(settings, target / "soxspipe.yaml")
+    command = [str(tool), "mflat", str(sof), "-o", str(target), "-s", str(target / "soxspipe.yaml"), "-x"]
+    measured = measure(command, cwd=sof.parent)
+    measured["product"] = any(target.rglob("*MFLAT*.fits"))
+    return measured
 
 
 def summary(runs: list[dict]) -> dict:
@@ -150,11 +147,14 @@ def main() -> int:
     for item in args.sets.split(","):
         instrument, arm = item.split(":")
         sof, ours, theirs = prepare(args.output, instrument, arm)
-        row = {}
-        for name, tool, settings in (("soxs_mflat", OURS, ours), ("soxspipe", THEIRS, theirs)):
-            if tool.exists():
-                runs = run_tool(tool, sof, settings, args.output / f"{instrument}_{arm}" / name, args.runs)
-                row[name] = summary(runs)
+        tools = [(name, tool, settings) for name, tool, settings in (("soxs_mflat", OURS, ours),
+                                                                      ("soxspipe", THEIRS, theirs)) if tool.exists()]
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in tools}
+        for run in range(args.runs):  # the tools take turns, so a drift in the machine's speed hits both alike
+            for name, tool, settings in tools:
+                target = args.output / f"{instrument}_{arm}" / name / f"run{run}"
+                runs[name].append(run_once(tool, sof, settings, target))
+        row = {name: summary(results) for name, results in runs.items()}
         mine, reference = row.get("soxs_mflat", {}), row.get("soxspipe", {})
         if mine.get("median_seconds") and reference.get("median_seconds"):
             row["speedup"] = round(reference["median_seconds"] / mine["median_seconds"], 2)
