@@ -113,6 +113,34 @@ def order_labels(bounds: OrderBounds, shape_ba: tuple[int, int], *, grow: float 
     return labels
 
 
+def inside_orders(bounds: OrderBounds, shape_ba: tuple[int, int], *, grow: float = 0.0) -> np.ndarray:
+    """Boolean image (BA orientation): pixel centres within any order's bounds widened by ``grow`` px —
+    ``order_labels(bounds, shape_ba, grow=grow) > 0`` without building the label image."""
+    usable = bounds.valid & np.isfinite(bounds.low) & np.isfinite(bounds.up)
+    start = np.where(usable, np.ceil(bounds.low - grow), 0.0)
+    stop = np.where(usable, np.floor(bounds.up + grow) + 1.0, 0.0)
+    return interval_mask(start, stop, shape_ba[1])
+
+
+def interval_mask(start: np.ndarray, stop: np.ndarray, n_a: int) -> np.ndarray:
+    """Boolean image (rows × ``n_a``) true at the columns ``start[k, r] <= a < stop[k, r]`` of any interval
+    ``k`` of row ``r`` (``start``, ``stop``: intervals × rows, whole numbers, clipped to the frame).
+
+    Each interval adds +1 at its start and −1 at its stop to a row-wise running sum: the cost is one
+    pass over the image, however wide the orders' curved footprints are.
+    """
+    n_rows = start.shape[-1]
+    first = np.clip(start, 0, n_a).astype(np.int64)
+    last = np.clip(stop, 0, n_a).astype(np.int64)
+    kept = last > first
+    rows = np.broadcast_to(np.arange(n_rows), first.shape)[kept]
+    steps = np.zeros((n_rows, n_a + 1), dtype=np.int16)
+    np.add.at(steps, (rows, first[kept]), 1)
+    np.add.at(steps, (rows, last[kept]), -1)
+    np.cumsum(steps, axis=1, dtype=np.int16, out=steps)
+    return steps[:, :n_a] > 0
+
+
 def edge_distance(bounds: OrderBounds, shape_ba: tuple[int, int]) -> np.ndarray:
     """Distance (px, BA orientation) from each in-order pixel centre to the nearer edge of its order;
     negative outside every order (minus the distance to the nearest edge of the nearest order).

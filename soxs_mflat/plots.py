@@ -194,14 +194,16 @@ def order_location_figure(
     )
 
 
-def background_figure(flat_ba: np.ndarray, model: object, *, fitted_axis: str = "x", title: str = "") -> BackgroundFigure:
-    """Describe the scattered-light QC page, in the frame's own orientation.
+def background_figure(subtracted_ba: np.ndarray, model: object, *, fitted_axis: str = "x",
+                      title: str = "") -> BackgroundFigure:
+    """Describe the scattered-light QC page, in the frame's own orientation, from the flat after the
+    model was subtracted (``subtracted_ba``) and the model.
 
     Top: the pixels the model was fitted to, and the model (same colour scale). Bottom left: data −
     model on the fitted pixels (symmetric scale) with the residual statistics. Bottom right: a cut
     across the orders through the middle of the dispersion axis — data, model, fitted pixels.
     """
-    n_b = flat_ba.shape[0]
+    n_b = subtracted_ba.shape[0]
     middle = n_b // 2
 
     def frame(image: np.ndarray) -> np.ndarray:
@@ -213,16 +215,16 @@ def background_figure(flat_ba: np.ndarray, model: object, *, fitted_axis: str = 
     model_image = Image(pixels, extent, vmin, vmax)
     spread = 5.0 * model.residual_sigma if np.isfinite(model.residual_sigma) else 1.0
     spread = max(spread, 1e-6)
-    fitted = np.where(model.fitted_pixels, flat_ba, np.float32(np.nan))
-    fitted_image = reduced_image(frame(fitted), limits=(vmin, vmax))
-    fitted -= model.model
-    residual_image = reduced_image(frame(fitted), limits=(-spread, spread))
-    del fitted
+    on_fitted = np.where(model.fitted_pixels, subtracted_ba, np.float32(np.nan))
+    residual_image = reduced_image(frame(on_fitted), limits=(-spread, spread))
+    on_fitted += model.model
+    fitted_image = reduced_image(frame(on_fitted), limits=(vmin, vmax))
+    del on_fitted
 
     rows = slice(max(middle - 2, 0), middle + 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        cut = np.nanmedian(flat_ba[rows], axis=0)
+        cut = np.nanmedian(subtracted_ba[rows] + model.model[rows], axis=0)
     model_row = np.asarray(model.model[middle], dtype=np.float64)
     top = float(np.nanmax(model_row)) if np.isfinite(model_row).any() else 1.0
     low = min(vmin, float(np.nanmin(model_row)) if np.isfinite(model_row).any() else 0.0) - 0.2 * abs(top)
@@ -235,7 +237,7 @@ def background_figure(flat_ba: np.ndarray, model: object, *, fitted_axis: str = 
         residual_text=f"median {model.residual_median:+.2e}\nrobust σ {model.residual_sigma:.2e}",
         fitted_axis=fitted_axis,
         middle=middle,
-        cut_a=np.arange(flat_ba.shape[1]),
+        cut_a=np.arange(subtracted_ba.shape[1]),
         cut_data=cut,
         cut_used=np.asarray(model.fitted_pixels[middle], dtype=bool),
         cut_model=model_row,

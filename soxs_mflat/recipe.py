@@ -12,8 +12,10 @@ import io
 import logging
 import os
 import time
-from concurrent.futures import Future
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ from soxs_mflat.detrend import (
     nearest_in_time,
 )
 from soxs_mflat.errors import UserInputError
-from soxs_mflat.footprints import OrderBounds, frame_binning_ab, from_ba, order_bounds, order_labels, shape_ba, to_ba
+from soxs_mflat.footprints import OrderBounds, frame_binning_ab, from_ba, inside_orders, order_bounds, shape_ba, to_ba
 from soxs_mflat.frames import (
     FrameFile,
     Prepared,
@@ -79,13 +81,15 @@ class ProductRecord:
 
 @dataclass(frozen=True)
 class PendingPlot:
-    """A QC figure being drawn into ``temporary``, to be renamed onto ``path`` with the products."""
+    """A QC figure being drawn into ``temporary`` (done when ``drawn`` is), to be renamed onto ``path`` with the
+    products."""
 
     lamp: str
     path: Path
     temporary: Path
     product_label: str
     description: str
+    drawn: Future
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ class MasterFlatRecipe:
         self.command = command
         self.log_buffer = io.StringIO()
         self._plots: list[PendingPlot] = []
+        self._plot_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qc-plots")
         self._product_paths: ProductPaths | None = None
         self._checksums: dict[Path, Future] = {}
 
@@ -162,6 +167,7 @@ class MasterFlatRecipe:
         finally:
             LOGGER.removeHandler(handler)
             self._discard_plots()
+            self._plot_thread.shutdown()
         elapsed = time.monotonic() - started
         qc_rows = deduplicate(final.qc)
         self._write_log(paths.log(), started)
@@ -413,9 +419,9 @@ class MasterFlatRecipe:
         table = edges.order_location_table(centres, fit, detections, shape_ba=frame_ba, binning_ab=binning_ab)
         bounds = order_bounds(table, frame_ba, binning_ab)
         plot_lamp = lamp_set.lamp if len(inputs.lamp_sets) > 1 else ""
-        self._plot("ORD_LOC", plot_lamp, plots.order_location_figure(
-            flat, detections, fit, table, binning_ab=binning_ab, fitted_axis=fitted_axis,
-            title=f"{inputs.arm}{tag} order edges"))
+        locations_drawn = self._plot("ORD_LOC", plot_lamp, partial(
+            plots.order_location_figure, flat, detections, fit, table, binning_ab=binning_ab,
+            fitted_axis=fitted_axis, title=f"{inputs.arm}{tag} order edges"))
 
         model = None
         if settings.subtract_background:
@@ -423,10 +429,10 @@ class MasterFlatRecipe:
             fitted = background.fit_scattered_light(flat, bounds, bspline_deg=settings.bspline_deg,
                                                     gaussian_blur_sigma=settings.gaussian_blur_sigma)
             model = fitted.model
-            self._plot("BKGROUND", plot_lamp, plots.background_figure(flat, fitted, fitted_axis=fitted_axis,
-                                                                      title=f"{inputs.arm}{tag}"))
+            wait([locations_drawn])  # the edge figure reads the flat, which changes now
             flat -= model
-            del fitted
+            self._plot("BKGROUND", plot_lamp, partial(plots.background_figure, flat, fitted, fitted_axis=fitted_axis,
+                                                      title=f"{inputs.arm}{tag}"))
         shared = darks[dark_index[0]] if shared_dark else None
         data, mask, counts = self._flag_and_fill(flat, uncertainty, flat_mask, bounds, arm, bias=bias, dark=shared)
         del flat, flat_mask
@@ -453,7 +459,7 @@ class MasterFlatRecipe:
             bias_err_ba=None if bias is None else bias.uncertainty,
             input_mask_ba=input_mask,
         )
-        inside = order_labels(bounds, flat.shape) > 0
+        inside = inside_orders(bounds, flat.shape)
         mask = (input_mask | bad.mask) & inside
         data = np.asarray(np.where(inside, flat, np.float32(1.0)), dtype=np.float32)
         data[~np.isfinite(data)] = np.float32(1.0)
@@ -525,9 +531,9 @@ class MasterFlatRecipe:
         model = None
         if d2.background is not None and qth.background is not None:
             model = np.where(stitched.from_d2, d2.background / np.float32(stitched.scale), qth.background)
-        self._plot("ORD_LOC", "", plots.order_location_figure(stitched.data, detections, fit, table,
-                                                             binning_ab=binning_ab, fitted_axis=fitted_axis,
-                                                             title="UVB stitched order edges"))
+        self._plot("ORD_LOC", "", partial(plots.order_location_figure, stitched.data, detections, fit, table,
+                                          binning_ab=binning_ab, fitted_axis=fitted_axis,
+                                          title="UVB stitched order edges"))
         return LampResult("", data, stitched.uncertainty, mask, table, qth.centres, model, qc, qth.header, detections)
 
     # ----------------------------------------------------------------------------------- writing
@@ -594,38 +600,46 @@ class MasterFlatRecipe:
                 f"{r.name} = {r.value:g} (limits {r.limits})" for r in failures))
         return records
 
-    def _plot(self, name: str, lamp: str, figure: plots.OrderLocationFigure | plots.BackgroundFigure) -> None:
-        """Draw a QC figure (``ORD_LOC`` or ``BKGROUND``) of product lamp tag ``lamp`` into a temporary file,
-        renamed into place with the products; a figure that cannot be drawn is logged, not fatal."""
+    def _plot(self, name: str, lamp: str, describe: Callable[[], plots.OrderLocationFigure | plots.BackgroundFigure],
+              ) -> Future:
+        """Describe and draw a QC figure (``ORD_LOC`` or ``BKGROUND``) of product lamp tag ``lamp`` on the plot
+        thread, while the steps go on, into a temporary file renamed into place with the products.
+
+        ``describe`` (arguments bound, not a closure over variables that change) may only read arrays
+        that no step changes before the returned future is done.
+        """
         if name == "ORD_LOC":
             path = self._product_paths.order_location_plot(lamp)
             label, description = "ORDER_LOC_RES", "visualisation of goodness of order edge fitting"
         else:
             path = self._product_paths.background_plot(lamp)
             label, description = "BKGROUND", "Fitted intra-order image background"
-        pending = PendingPlot(lamp, path, temporary_path(path), label, description)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            plots.render(figure, pending.temporary)
-        except (OSError, ValueError) as error:
-            LOGGER.warning("QC plot %s was not written: %s", path.name, error)
-            with contextlib.suppress(OSError):
-                os.unlink(pending.temporary)
-            return
-        self._plots.append(pending)
+        temporary = temporary_path(path)
+        drawn = self._plot_thread.submit(_draw, describe, temporary)
+        self._plots.append(PendingPlot(lamp, path, temporary, label, description, drawn))
+        return drawn
 
     def _finish_plots(self) -> list[PendingPlot]:
-        """Rename the drawn QC figures into place."""
+        """Wait for the QC figures and rename them into place; a figure that failed is logged, not fatal."""
+        written = []
         for plot in self._plots:
-            commit(plot.temporary, plot.path)
-        written, self._plots = self._plots, []
+            error = plot.drawn.exception()
+            if error is None:
+                commit(plot.temporary, plot.path)
+                written.append(plot)
+            else:
+                LOGGER.warning("QC plot %s was not written: %s", plot.path.name, error)
+                _remove(plot.temporary)
+        self._plots = []
         return written
 
     def _discard_plots(self) -> None:
-        """Remove the figures of a run that failed before its products were written."""
+        """Stop drawing and remove the figures of a run that failed before its products were written."""
         for plot in self._plots:
-            if plot.temporary.exists():
-                os.unlink(plot.temporary)
+            plot.drawn.cancel()
+        wait([plot.drawn for plot in self._plots])
+        for plot in self._plots:
+            _remove(plot.temporary)
         self._plots = []
 
     def _write_log(self, path: Path, started: float) -> None:
@@ -633,6 +647,18 @@ class MasterFlatRecipe:
         text += f"Recipe Run Time: {time.monotonic() - started:.1f}s\n"
         text += f"Recipe Command: {self.command}\n"
         write_text(text, path)
+
+
+def _draw(describe: Callable[[], plots.OrderLocationFigure | plots.BackgroundFigure], temporary: Path) -> None:
+    """Describe a QC figure and draw it into ``temporary`` (on the plot thread)."""
+    temporary.parent.mkdir(parents=True, exist_ok=True)
+    plots.render(describe(), temporary)
+
+
+def _remove(path: Path) -> None:
+    """Delete ``path`` if it exists."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _compact_dtype(frames: tuple[FrameFile, ...]) -> np.dtype | None:

@@ -17,6 +17,7 @@ import bottleneck as bn
 import numpy as np
 
 from soxs_mflat.detrend import NoiseModel
+from soxs_mflat.footprints import interval_mask
 
 MAD_TO_SIGMA = 1.482602218505602
 CHUNK_PIXELS = 1 << 15
@@ -175,21 +176,9 @@ def centre_band_mask(shape_ba: tuple[int, int], centres_ba: np.ndarray, valid: n
     ``centres_ba`` (n_orders, n_rows) are the order-centre A positions on the frame; rows where
     ``valid`` is false are skipped.
     """
-    n_a = shape_ba[1]
-    band = np.zeros(shape_ba, dtype=bool)
-    start = np.floor(centres_ba).astype(np.int64) - half_width
-    for k in range(centres_ba.shape[0]):
-        rows = valid[k]
-        if not rows.any():
-            continue
-        first = max(int(start[k][rows].min()), 0)
-        last = min(int(start[k][rows].max()) + 2 * half_width, n_a)
-        if last <= first:
-            continue
-        a = np.arange(first, last)[None, :]
-        inside = (a >= start[k][:, None]) & (a < (start[k] + 2 * half_width)[:, None]) & rows[:, None]
-        band[:, first:last] |= inside
-    return band
+    usable = valid & np.isfinite(centres_ba)
+    start = np.where(usable, np.floor(np.where(usable, centres_ba, 0.0)) - half_width, 0.0)
+    return interval_mask(start, np.where(usable, start + 2 * half_width, 0.0), shape_ba[1])
 
 
 def measure_levels(cube: FlatCube, band: np.ndarray, *, workers: int = 2) -> ExposureLevels:

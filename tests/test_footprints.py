@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from soxs_mflat.footprints import OrderBounds, order_labels, order_window
+from soxs_mflat.footprints import OrderBounds, inside_orders, order_labels, order_window
 from soxs_mflat.stacking import centre_band_mask
 
 
@@ -43,3 +43,14 @@ def test_centre_band_matches_the_whole_frame_definition() -> None:
     for k in range(bounds.orders.size):
         expected |= (a >= start[k][:, None]) & (a < (start[k] + 8)[:, None]) & bounds.valid[k][:, None]
     np.testing.assert_array_equal(centre_band_mask(shape, bounds.centre, bounds.valid, 4), expected)
+
+
+@pytest.mark.parametrize("grow", [0.0, 3.0, -2.0, 25.0])
+def test_inside_orders_is_where_there_is_a_label(grow: float) -> None:
+    """The running-sum mask equals the label image's footprint (non-finite bounds are never valid, as
+    :func:`order_bounds` makes them)."""
+    bounds = _bounds(3)
+    bounds.low[1, 100:110] = np.nan
+    bounds.valid[1, 100:110] = False
+    shape = (300, 200)
+    np.testing.assert_array_equal(inside_orders(bounds, shape, grow=grow), order_labels(bounds, shape, grow=grow) > 0)

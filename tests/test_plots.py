@@ -35,7 +35,7 @@ def figures() -> dict[str, list]:
     model = fit_scattered_light(syn.image, order_bounds(table, syn.image.shape, (1, 1)))
     return {
         axis: [order_location_figure(syn.image, detections, fit, table, fitted_axis=axis, title="synthetic"),
-               background_figure(syn.image, model, fitted_axis=axis, title="synthetic")]
+               background_figure(syn.image - model.model, model, fitted_axis=axis, title="synthetic")]
         for axis in ("x", "y")
     } | {"shape": syn.image.shape, "orders": syn.orders}
 
@@ -153,12 +153,28 @@ def test_a_figure_that_cannot_be_written_is_logged_not_fatal(figures: dict, tmp_
 
     recipe = MasterFlatRecipe(InputSet(source="test", files=(), sof=None))
     recipe._product_paths = product_paths(stem="good", root=tmp_path, instrument="soxs")
-    recipe._plot("ORD_LOC", "", figures["x"][0])
+    recipe._plot("ORD_LOC", "", lambda: figures["x"][0])
     (tmp_path / "blocked").write_text("a file where the qc folder should go")
     recipe._product_paths = product_paths(stem="bad", root=tmp_path / "blocked", instrument="soxs")
+    recipe._plot("BKGROUND", "", lambda: figures["x"][1])
     with caplog.at_level("WARNING", logger="soxs_mflat"):
-        recipe._plot("BKGROUND", "", figures["x"][1])
-    written = recipe._finish_plots()
+        written = recipe._finish_plots()
     assert [plot.path.name for plot in written] == ["good_ORD_LOC.pdf"] and written[0].path.exists()
     assert "bad_BKGROUND.pdf was not written" in caplog.text
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "qc" / "soxs_mflat").iterdir())
+
+
+def test_a_failed_run_stops_drawing_and_leaves_no_temporary_files(figures: dict, tmp_path) -> None:
+    from soxs_mflat.products import product_paths
+    from soxs_mflat.recipe import MasterFlatRecipe
+    from soxs_mflat.sof import InputSet
+
+    def broken() -> None:
+        raise RuntimeError("no figure")
+
+    recipe = MasterFlatRecipe(InputSet(source="test", files=(), sof=None))
+    recipe._product_paths = product_paths(stem="run", root=tmp_path, instrument="soxs")
+    recipe._plot("ORD_LOC", "", lambda: figures["x"][0])
+    recipe._plot("BKGROUND", "", broken)
+    recipe._discard_plots()
+    assert not list(tmp_path.rglob("*.pdf*")) and recipe._plots == []
