@@ -60,25 +60,28 @@ from soxs_mflat.errors import UserInputError
 EXIT_USER_ERROR = 2
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-"""glibc's ``mallopt`` parameter numbers for the heap trim and mapping thresholds."""
+M_ARENA_MAX = -8
+"""glibc's ``mallopt`` parameter numbers for the heap trim and mapping thresholds and the number of heaps."""
 
 
 def _tune_allocator() -> None:
     """Give every allocation of 8 MB or more (frames and most masks) its own memory mapping, and let
-    the heap keep up to 16 MB of freed memory.
+    the one heap that all threads share keep up to 16 MB of freed memory.
 
     glibc otherwise raises its mapping threshold to the largest block freed so far (up to 32 MB), after
     which freed frame-sized temporaries stay in the heap: the peak resident memory of a run was ~25 %
     higher than what it ever held at once. A mapping is returned when freed, so frames leave the
     process; the smaller row-block temporaries are reused from the heap instead of being mapped and
     zeroed afresh each time, which halves the page faults (X-shooter VIS: 0.7 M → 0.33 M, ~0.7 s less
-    kernel time) for ~10 MB more peak memory.
+    kernel time) for ~10 MB more peak memory. With a heap per thread (glibc's default) each would keep
+    its own 16 MB: one heap saves 30-60 MB of peak memory at no measurable cost in time.
     """
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL("libc.so.6")
             libc.mallopt(M_MMAP_THRESHOLD, 8 << 20)
             libc.mallopt(M_TRIM_THRESHOLD, 16 << 20)
+            libc.mallopt(M_ARENA_MAX, 1)
 
 
 def _absolute(path: str) -> str:

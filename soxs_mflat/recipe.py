@@ -32,7 +32,17 @@ from soxs_mflat.detrend import (
     nearest_in_time,
 )
 from soxs_mflat.errors import UserInputError
-from soxs_mflat.footprints import OrderBounds, frame_binning_ab, from_ba, inside_orders, order_bounds, shape_ba, to_ba
+from soxs_mflat.footprints import (
+    OrderBounds,
+    contiguous,
+    copy_tiled,
+    frame_binning_ab,
+    from_ba,
+    inside_orders,
+    order_bounds,
+    shape_ba,
+    to_ba,
+)
 from soxs_mflat.frames import (
     FrameFile,
     Prepared,
@@ -264,7 +274,7 @@ class MasterFlatRecipe:
         for i, frame in enumerate(frames):
             if compact is not None:
                 region = science_region(read_raw_adu(frame.path), detector=detector, binning=inputs.binning)
-                np.copyto(from_ba(stored[i], fitted_axis), region, casting="safe")
+                copy_tiled(from_ba(stored[i], fitted_axis), region, casting="safe")
             else:
                 mask = self._flux_into(frame, inputs, static_mask, from_ba(stored[i], fitted_axis), settings)
                 stored[i][to_ba(mask, fitted_axis) | ~np.isfinite(stored[i])] = np.nan
@@ -296,7 +306,7 @@ class MasterFlatRecipe:
                      fitted_axis: str) -> Calibration:
         prepared = self._prepare(frame, inputs, static_mask)
         exptime = float(frame.header.get(inputs.keywords.exptime, 0.0) or 0.0)
-        data, uncertainty, mask = (np.ascontiguousarray(to_ba(image, fitted_axis))
+        data, uncertainty, mask = (contiguous(to_ba(image, fitted_axis))
                                    for image in (prepared.data, prepared.uncertainty, prepared.mask))
         return Calibration(data, uncertainty, mask, exptime)
 
@@ -559,8 +569,8 @@ class MasterFlatRecipe:
                                        raw_categories=[c for f, c in zip(raw, categories, strict=True) if f in flats],
                                        params=params, pro_catg=f"MASTER_FLAT_{arm}", pro_tech="IMAGE", qc_rows=qc_rows,
                                        checksums=checksums)
-            flat_path = write_hdulist(image_hdulist(from_ba(result.data, fitted_axis), from_ba(result.mask, fitted_axis),
-                                                    from_ba(result.uncertainty, fitted_axis), header),
+            flux, errs = (contiguous(from_ba(image, fitted_axis), ">f4") for image in (result.data, result.uncertainty))
+            flat_path = write_hdulist(image_hdulist(flux, contiguous(from_ba(result.mask, fitted_axis)), errs, header),
                                       paths.master_flat(lamp))
             lamp_records.append(
                 ProductRecord(f"MFLAT{suffix}", flat_path, "FITS", "PROD", f"{arm} master spectroscopic flat frame")
@@ -578,7 +588,7 @@ class MasterFlatRecipe:
             if result.background is not None:
                 bkg_header = header.copy()
                 bkg_header["HIERARCH ESO PRO CATG"] = f"FLAT_BKGROUND_{arm}"
-                bkg = fits.PrimaryHDU(np.ascontiguousarray(from_ba(result.background, fitted_axis), dtype=np.float32),
+                bkg = fits.PrimaryHDU(contiguous(from_ba(result.background, fitted_axis), ">f4"),
                                       header=bkg_header)
                 bkg.header["EXTNAME"] = "FLUX"
                 bkg_path = write_hdulist(fits.HDUList([bkg]), paths.background(lamp))

@@ -54,3 +54,17 @@ def test_inside_orders_is_where_there_is_a_label(grow: float) -> None:
     bounds.valid[1, 100:110] = False
     shape = (300, 200)
     np.testing.assert_array_equal(inside_orders(bounds, shape, grow=grow), order_labels(bounds, shape, grow=grow) > 0)
+
+
+def test_tiled_copies_equal_plain_ones() -> None:
+    """Tile by tile, also across tile edges and for transposed views and a change of type."""
+    from soxs_mflat.footprints import TILE, contiguous, copy_tiled
+
+    image = np.arange((TILE + 37) * (2 * TILE + 5), dtype=np.uint16).reshape(TILE + 37, 2 * TILE + 5)
+    target = np.empty(image.T.shape, dtype=np.uint16)
+    copy_tiled(target, image.T, casting="safe")
+    np.testing.assert_array_equal(target, image.T)
+    converted = contiguous(image.T, ">f4")
+    assert converted.flags.c_contiguous and converted.dtype == np.dtype(">f4")
+    np.testing.assert_array_equal(converted, image.T.astype(np.float32))
+    assert contiguous(image) is image
