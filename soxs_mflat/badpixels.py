@@ -1046,18 +1046,61 @@ def _partial_edges(values: np.ndarray, orders: _Orders, edge: tuple[np.ndarray, 
 
 
 @dataclass(frozen=True)
+class _FrameSearch:
+    """The hot-pixel search of :func:`find_bad_pixels` in the dark or bias frames (image, ERRS, whether a
+    bias) at their threshold (σ), to run on a set of orders of a frame of ``shape``."""
+
+    shape: tuple[int, int]
+    input_mask: np.ndarray
+    frames: tuple[tuple[_Image, np.ndarray | None, bool], ...]
+    frame_sigma: float
+    window: int
+
+    @classmethod
+    def of(cls, shape: tuple[int, int], input_mask: np.ndarray, *, hot_sigma: float, window: int,
+           dark_ba: np.ndarray | None, dark_err_ba: np.ndarray | None, bias_ba: np.ndarray | None,
+           bias_err_ba: np.ndarray | None) -> _FrameSearch:
+        """The search of ``dark_ba`` and ``bias_ba`` (either may be None) for hot pixels."""
+        frames = []
+        for frame, err, is_bias in ((dark_ba, dark_err_ba, False), (bias_ba, bias_err_ba, True)):
+            if frame is not None:
+                frame = np.asarray(frame)
+                offsets = _line_structure(frame, input_mask) if is_bias else (None, None)
+                err = None if err is None else np.asarray(err, dtype=np.float32)
+                frames.append((_Image(frame, input_mask, *offsets), err, is_bias))
+        n_pixels = shape[0] * shape[1]
+        return cls(shape, input_mask, tuple(frames), max(hot_sigma, _false_alarm_sigma(n_pixels)), window)
+
+    def run(self, bounds: OrderBounds) -> np.ndarray:
+        """Flat indices of the pixels of the orders of ``bounds`` hot in any of the frames."""
+        return self.hot(_Orders.of(bounds, self.shape, max(self.window // 3, 1)))
+
+    def hot(self, orders: _Orders) -> np.ndarray:
+        """Flat indices of the pixels of ``orders`` hot in any of the frames."""
+        bands = orders.bands
+        edge = bands.pixels(orders.in_order & ~orders.inner)
+        hot = [np.empty(0, dtype=np.int64)]
+        for image, err, is_bias in self.frames:
+            tested = orders.in_order & ~bands.take(self.input_mask)
+            zone = None if is_bias else tuple(part[~self.input_mask[edge[1], edge[2]]] for part in edge)
+            r, c = _frame_hot(image, err, bands, tested, np.broadcast_to(True, tested.shape) if is_bias else orders.inner, zone,
+                              hot_sigma=self.frame_sigma)
+            hot.append(r * self.shape[1] + c)
+        return np.concatenate(hot)
+
+
+@dataclass(frozen=True)
 class _Search:
     """What :func:`find_bad_pixels` searches, to run on a set of orders: the flat (masked where unusable),
-    its ERRS and input mask, the flat indices of its non-finite pixels off the mask, the dark or bias
-    frames (image, ERRS, whether a bias), their threshold (σ), the tests of the flat, the partial-edge
-    fraction and the running median's window."""
+    its ERRS and input mask, the flat indices of its non-finite pixels off the mask, the search of the
+    dark or bias frames (None when done ahead), the tests of the flat, the partial-edge fraction and the
+    running median's window."""
 
     flat: _Image
     errs: np.ndarray
     input_mask: np.ndarray
     nonfinite: np.ndarray
-    frames: tuple[tuple[_Image, np.ndarray | None, bool], ...]
-    frame_sigma: float
+    frames: _FrameSearch | None
     tests: _Tests
     edge_fraction: float
     window: int
@@ -1068,20 +1111,41 @@ class _Search:
         orders = _Orders.of(bounds, self.flat.data.shape, max(self.window // 3, 1))
         bands = orders.bands
         edge = bands.pixels(orders.in_order & ~orders.inner)
-        hot = []
-        for image, err, is_bias in self.frames:
-            tested = orders.in_order & ~bands.take(self.input_mask)
-            zone = None if is_bias else tuple(part[~self.input_mask[edge[1], edge[2]]] for part in edge)
-            r, c = _frame_hot(image, err, bands, tested, np.broadcast_to(True, tested.shape) if is_bias else orders.inner, zone,
-                              hot_sigma=self.frame_sigma)
-            hot.append(r * n_a + c)
+        hot = self.frames.hot(orders) if self.frames is not None else np.empty(0, dtype=np.int64)
         values = self.flat.on(bands)
         flagged = _flag_flat(self.flat, values, self.errs, self.input_mask, orders, edge, self.window, self.tests)
-        flagged[HOT] = np.concatenate([flagged[HOT], *hot])
+        flagged[HOT] = np.concatenate([flagged[HOT], hot])
         partial = _partial_edges(values, orders, edge, fraction=self.edge_fraction)
         flagged[PARTIAL_EDGE] = edge[1][partial] * n_a + edge[2][partial]
         flagged[DEAD] = np.concatenate([flagged[DEAD], self.nonfinite[orders.contain(self.nonfinite)]])
         return flagged
+
+
+def _order_groups(bounds: OrderBounds) -> list[OrderBounds]:
+    """The orders shared out among ``WORKERS`` threads (every ``WORKERS``-th order to a thread)."""
+    groups = [np.arange(start, bounds.orders.size, WORKERS) for start in range(min(WORKERS, bounds.orders.size))]
+    return [OrderBounds(bounds.orders[g], bounds.low[g], bounds.centre[g], bounds.up[g], bounds.valid[g]) for g in groups]
+
+
+def calibration_hot_pixels(
+    bounds: OrderBounds,
+    shape: tuple[int, int],
+    *,
+    hot_sigma: float,
+    dark_ba: np.ndarray | None = None,
+    dark_err_ba: np.ndarray | None = None,
+    bias_ba: np.ndarray | None = None,
+    bias_err_ba: np.ndarray | None = None,
+    input_mask_ba: np.ndarray | None = None,
+    window: int = 21,
+) -> np.ndarray:
+    """Flat indices of the in-order pixels hot in ``dark_ba`` or ``bias_ba``: the part of
+    :func:`find_bad_pixels` that needs no flat, so that it can run beside the scattered-light fit and
+    be handed to it as ``frame_hot`` (the same pixels as the search inside it)."""
+    input_mask = np.zeros(shape, dtype=bool) if input_mask_ba is None else np.asarray(input_mask_ba, dtype=bool)
+    search = _FrameSearch.of(shape, input_mask, hot_sigma=hot_sigma, window=window, dark_ba=dark_ba,
+                             dark_err_ba=dark_err_ba, bias_ba=bias_ba, bias_err_ba=bias_err_ba)
+    return np.concatenate([np.empty(0, dtype=np.int64), *(search.run(group) for group in _order_groups(bounds))])
 
 
 def find_bad_pixels(
@@ -1098,6 +1162,7 @@ def find_bad_pixels(
     bias_ba: np.ndarray | None = None,
     bias_err_ba: np.ndarray | None = None,
     input_mask_ba: np.ndarray | None = None,
+    frame_hot: np.ndarray | None = None,
     min_depth: float = 0.08,
     window: int = 21,
 ) -> BadPixelResult:
@@ -1106,7 +1171,8 @@ def find_bad_pixels(
     * dead: below ``dead_limit`` × the local expectation (or no finite value);
     * low-sensitivity: below 1 − max(``low_sensitivity_sigma`` σ, ``min_depth``) × expectation;
     * hot: above the expectation by ``hot_sigma`` σ (and above both neighbours along B), or hot in
-      ``dark_ba`` (NIR combined lamp-off/dark, e⁻) or ``bias_ba`` (UV-VIS master bias);
+      ``dark_ba`` (NIR combined lamp-off/dark, e⁻) or ``bias_ba`` (UV-VIS master bias) — or, instead of
+      searching those, the flat indices ``frame_hot`` that :func:`calibration_hot_pixels` found in them;
     * partial edge: within 2 px of an edge and below ``edge_min_fraction`` × the row-segment median.
 
     Dead and low-sensitivity pixels must also lie ``low_sensitivity_sigma`` σ below the expectation.
@@ -1120,24 +1186,22 @@ def find_bad_pixels(
     unusable = input_mask if finite.all() else input_mask | ~finite
     nonfinite = np.flatnonzero(unusable & ~input_mask)
     del finite
-    frames = []
-    for frame, err, is_bias in ((dark_ba, dark_err_ba, False), (bias_ba, bias_err_ba, True)):
-        if frame is not None:
-            frame = np.asarray(frame)
-            offsets = _line_structure(frame, input_mask) if is_bias else (None, None)
-            err = None if err is None else np.asarray(err, dtype=np.float32)
-            frames.append((_Image(frame, input_mask, *offsets), err, is_bias))
+    frames = None
+    if frame_hot is None and (dark_ba is not None or bias_ba is not None):
+        frames = _FrameSearch.of(shape, input_mask, hot_sigma=hot_sigma, window=window, dark_ba=dark_ba,
+                                 dark_err_ba=dark_err_ba, bias_ba=bias_ba, bias_err_ba=bias_err_ba)
     tests = _Tests(low_sensitivity_sigma, hot_sigma, dead_limit, min_depth)
-    search = _Search(_Image(flat, unusable), np.asarray(errs_ba, dtype=np.float32), input_mask, nonfinite, tuple(frames),
-                     max(hot_sigma, _false_alarm_sigma(flat.size)), tests, edge_min_fraction, window)
-    groups = [np.arange(start, bounds.orders.size, WORKERS) for start in range(min(WORKERS, bounds.orders.size))]
-    subsets = [OrderBounds(bounds.orders[g], bounds.low[g], bounds.centre[g], bounds.up[g], bounds.valid[g]) for g in groups]
+    search = _Search(_Image(flat, unusable), np.asarray(errs_ba, dtype=np.float32), input_mask, nonfinite, frames,
+                     tests, edge_min_fraction, window)
+    subsets = _order_groups(bounds)
     if len(subsets) > 1:
         with ThreadPoolExecutor(len(subsets)) as pool:
             found = list(pool.map(search.run, subsets))
     else:
         found = [search.run(subset) for subset in subsets]
     flagged = {code: [part[code] for part in found] for code in (DEAD, HOT, LOW_SENSITIVITY, PARTIAL_EDGE)}
+    if frame_hot is not None:
+        flagged[HOT].append(np.asarray(frame_hot, dtype=np.int64))
 
     codes = np.zeros(shape, dtype=np.uint8)
     counts = {}

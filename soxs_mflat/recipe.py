@@ -148,7 +148,7 @@ class MasterFlatRecipe:
         self.command = command
         self.log_buffer = io.StringIO()
         self._plots: list[PendingPlot] = []
-        self._plot_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qc-plots")
+        self._side_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soxs-side")
         self._product_paths: ProductPaths | None = None
         self._checksums: dict[Path, Future] = {}
 
@@ -177,7 +177,7 @@ class MasterFlatRecipe:
         finally:
             LOGGER.removeHandler(handler)
             self._discard_plots()
-            self._plot_thread.shutdown()
+            self._side_thread.shutdown()
         elapsed = time.monotonic() - started
         qc_rows = deduplicate(final.qc)
         self._write_log(paths.log(), started)
@@ -428,6 +428,14 @@ class MasterFlatRecipe:
         fit = _fit_edges(detections, arm, binning_ab)
         table = edges.order_location_table(centres, fit, detections, shape_ba=frame_ba, binning_ab=binning_ab)
         bounds = order_bounds(table, frame_ba, binning_ab)
+        shared = darks[dark_index[0]] if shared_dark else None
+        frame_hot = None
+        if bias is not None or shared is not None:  # needs no flat: runs beside the scattered-light fit
+            frame_hot = self._side_thread.submit(
+                badpixels.calibration_hot_pixels, bounds, frame_ba, hot_sigma=arm.hot_pixel_clipping_sigma,
+                dark_ba=None if shared is None else shared.data, dark_err_ba=None if shared is None else shared.uncertainty,
+                bias_ba=None if bias is None else bias.data, bias_err_ba=None if bias is None else bias.uncertainty,
+                input_mask_ba=flat_mask)
         plot_lamp = lamp_set.lamp if len(inputs.lamp_sets) > 1 else ""
         locations_drawn = self._plot("ORD_LOC", plot_lamp, partial(
             plots.order_location_figure, flat, detections, fit, table, binning_ab=binning_ab,
@@ -443,18 +451,17 @@ class MasterFlatRecipe:
             flat -= model
             self._plot("BKGROUND", plot_lamp, partial(plots.background_figure, flat, fitted, fitted_axis=fitted_axis,
                                                       title=f"{inputs.arm}{tag}"))
-        shared = darks[dark_index[0]] if shared_dark else None
-        data, mask, counts = self._flag_and_fill(flat, uncertainty, flat_mask, bounds, arm, bias=bias, dark=shared)
+        data, mask, counts = self._flag_and_fill(flat, uncertainty, flat_mask, bounds, arm,
+                                                 frame_hot=None if frame_hot is None else frame_hot.result())
         del flat, flat_mask
         qc = self._lamp_qc(first_levels.ordexp, fit, counts, lamp_set, inputs, arm)
         header = lamp_set.flats[0].header
         return LampResult(lamp_set.lamp, data, uncertainty, mask, table, centres, model, qc, header, detections)
 
     def _flag_and_fill(self, flat: np.ndarray, uncertainty: np.ndarray, input_mask: np.ndarray, bounds: OrderBounds,
-                       arm: ArmSettings, *, bias: Calibration | None,
-                       dark: Calibration | None) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Flag bad pixels (``dark``: the one dark shared by every flat, searched for hot pixels) and set
-        the inter-order FLUX to 1.0."""
+                       arm: ArmSettings, *, frame_hot: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Flag bad pixels (``frame_hot``: the pixels found hot in the bias or in the one dark shared by every
+        flat, see :func:`badpixels.calibration_hot_pixels`) and set the inter-order FLUX to 1.0."""
         bad = badpixels.find_bad_pixels(
             flat,
             uncertainty,
@@ -463,11 +470,8 @@ class MasterFlatRecipe:
             hot_sigma=arm.hot_pixel_clipping_sigma,
             dead_limit=arm.dead_pixel_response_limit,
             edge_min_fraction=arm.order_edge_min_flat_fraction,
-            dark_ba=None if dark is None else dark.data,
-            dark_err_ba=None if dark is None else dark.uncertainty,
-            bias_ba=None if bias is None else bias.data,
-            bias_err_ba=None if bias is None else bias.uncertainty,
             input_mask_ba=input_mask,
+            frame_hot=frame_hot,
         )
         inside = inside_orders(bounds, flat.shape)
         mask = (input_mask | bad.mask) & inside
@@ -533,7 +537,7 @@ class MasterFlatRecipe:
         LOGGER.info("Stitched: D2 orders %s, boundary between orders %s, D2 flat divided by %.4f", stitched.d2_orders,
                     stitched.boundary_orders, stitched.scale)
         data, mask, counts = self._flag_and_fill(stitched.data, stitched.uncertainty, stitched.mask, bounds,
-                                                 arm, bias=None, dark=None)
+                                                 arm, frame_hot=None)
         all_flats = LampSet("", tuple(f for s in inputs.lamp_sets for f in s.flats),
                             inputs.lamp_sets[-1].order_table, inputs.lamp_sets[-1].exptime)
         ordexp = tuple(float(r.value) for r in qth.qc if r.name.startswith("ORDEXP"))
@@ -612,7 +616,7 @@ class MasterFlatRecipe:
 
     def _plot(self, name: str, lamp: str, describe: Callable[[], plots.OrderLocationFigure | plots.BackgroundFigure],
               ) -> Future:
-        """Describe and draw a QC figure (``ORD_LOC`` or ``BKGROUND``) of product lamp tag ``lamp`` on the plot
+        """Describe and draw a QC figure (``ORD_LOC`` or ``BKGROUND``) of product lamp tag ``lamp`` on the side
         thread, while the steps go on, into a temporary file renamed into place with the products.
 
         ``describe`` (arguments bound, not a closure over variables that change) may only read arrays
@@ -625,7 +629,7 @@ class MasterFlatRecipe:
             path = self._product_paths.background_plot(lamp)
             label, description = "BKGROUND", "Fitted intra-order image background"
         temporary = temporary_path(path)
-        drawn = self._plot_thread.submit(_draw, describe, temporary)
+        drawn = self._side_thread.submit(_draw, describe, temporary)
         self._plots.append(PendingPlot(lamp, path, temporary, label, description, drawn))
         return drawn
 

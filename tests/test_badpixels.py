@@ -21,6 +21,7 @@ from soxs_mflat.badpixels import (
     _nanmedian,
     _Orders,
     bad_pixel_qc,
+    calibration_hot_pixels,
     find_bad_pixels,
     hot_in_frame,
 )
@@ -195,6 +196,10 @@ def test_hot_pixels_in_a_dark_or_bias_frame() -> None:
             assert np.all(column_flagged)
         else:
             assert not np.any(column_flagged), "a column offset in a master bias is bias structure, not a hot column"
+        ahead = calibration_hot_pixels(scene.bounds, scene.flat.shape, hot_sigma=DEFAULTS["hot_sigma"], **frame)
+        handed = find_bad_pixels(scene.flat, scene.errs, scene.bounds, **DEFAULTS, frame_hot=ahead)
+        np.testing.assert_array_equal(handed.codes, result.codes)
+        assert handed.counts == result.counts
     assert hot_in_frame(dark, hot_sigma=5.0)[hot].mean() >= 0.99
 
 
