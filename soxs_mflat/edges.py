@@ -21,8 +21,10 @@ A, frame (possibly binned) pixels; polynomials are in unbinned pixels (:mod:`sox
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from enum import IntEnum
 
 import bottleneck as bn
@@ -69,6 +71,9 @@ neighbours is treated as a pixel defect in a slice."""
 DEFECT_FLOOR = 0.01
 """...and at least this fraction of the span (for nearly noiseless slices)."""
 MAD_TO_SIGMA = 1.4826
+WORKERS = min(2, os.cpu_count() or 1)
+"""Threads sharing the slices of :func:`detect_edges` (each slice is measured on its own)."""
+MIN_SLICES_PER_WORKER = 500
 
 
 class SliceFlag(IntEnum):
@@ -461,19 +466,26 @@ def detect_edges(
     rows = start[:, None] + np.arange(slice_width)[None, :]
     off_detector = (columns < 0) | (columns >= n_a)
     safe_columns = np.clip(columns, 0, n_a - 1)
-    cube = image[rows[:, :, None], safe_columns[:, None, :]]
-    if mask_ba is not None:
-        cube = np.where(np.asarray(mask_ba, dtype=bool)[rows[:, :, None], safe_columns[:, None, :]], np.nan, cube)
-    profiles = bn.nanmedian(cube, axis=1).astype(np.float64)
-    profiles[off_detector] = np.nan
+    mask = None if mask_ba is None else np.asarray(mask_ba, dtype=bool)
 
-    edges = measure_slice_edges(
-        profiles,
-        centre_index=centre_index,
-        min_threshold_pct=min_threshold_pct,
-        max_threshold_pct=max_threshold_pct,
-        off_detector=off_detector,
-    )
+    def measure(part: slice) -> SliceEdges:
+        """Gather, median-collapse and measure the slices ``part`` (each slice on its own)."""
+        cube = image[rows[part, :, None], safe_columns[part, None, :]]
+        if mask is not None:
+            cube = np.where(mask[rows[part, :, None], safe_columns[part, None, :]], np.nan, cube)
+        profiles = bn.nanmedian(cube, axis=1).astype(np.float64)
+        profiles[off_detector[part]] = np.nan
+        return measure_slice_edges(profiles, centre_index=centre_index, min_threshold_pct=min_threshold_pct,
+                                   max_threshold_pct=max_threshold_pct, off_detector=off_detector[part])
+
+    n_slices = start.size
+    parts = [slice(k * n_slices // WORKERS, (k + 1) * n_slices // WORKERS) for k in range(WORKERS)]
+    if n_slices < WORKERS * MIN_SLICES_PER_WORKER:
+        edges = measure(slice(0, n_slices))
+    else:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            measured = list(pool.map(measure, parts))
+        edges = SliceEdges(*(np.concatenate([getattr(m, f.name) for m in measured]) for f in fields(SliceEdges)))
     max_threshold, min_threshold, max_value = _order_thresholds(orders, order, edges, min_threshold_pct, max_threshold_pct)
     return EdgeDetections(
         orders=orders,

@@ -573,6 +573,13 @@ class MasterFlatRecipe:
                                        raw_categories=[c for f, c in zip(raw, categories, strict=True) if f in flats],
                                        params=params, pro_catg=f"MASTER_FLAT_{arm}", pro_tech="IMAGE", qc_rows=qc_rows,
                                        checksums=checksums)
+            background_written = None
+            if result.background is not None:  # written on the side thread while this one writes the rest
+                bkg_header = header.copy()
+                bkg_header["HIERARCH ESO PRO CATG"] = f"FLAT_BKGROUND_{arm}"
+                bkg = fits.PrimaryHDU(contiguous(from_ba(result.background, fitted_axis), ">f4"), header=bkg_header)
+                bkg.header["EXTNAME"] = "FLUX"
+                background_written = self._side_thread.submit(write_hdulist, fits.HDUList([bkg]), paths.background(lamp))
             flux, errs = (contiguous(from_ba(image, fitted_axis), ">f4") for image in (result.data, result.uncertainty))
             flat_path = write_hdulist(image_hdulist(flux, contiguous(from_ba(result.mask, fitted_axis)), errs, header),
                                       paths.master_flat(lamp))
@@ -589,14 +596,8 @@ class MasterFlatRecipe:
             table_path = write_hdulist(to_hdulist(table, trace_binning=binning_ab), paths.order_table(lamp))
             lamp_records.append(ProductRecord(f"ORDER_LOC{suffix}", table_path, "FITS", "PROD",
                                          "table of coefficients from polynomial fits to order locations"))
-            if result.background is not None:
-                bkg_header = header.copy()
-                bkg_header["HIERARCH ESO PRO CATG"] = f"FLAT_BKGROUND_{arm}"
-                bkg = fits.PrimaryHDU(contiguous(from_ba(result.background, fitted_axis), ">f4"),
-                                      header=bkg_header)
-                bkg.header["EXTNAME"] = "FLUX"
-                bkg_path = write_hdulist(fits.HDUList([bkg]), paths.background(lamp))
-                lamp_records.append(ProductRecord(f"BKGROUND{suffix}", bkg_path, "FITS", "QC",
+            if background_written is not None:
+                lamp_records.append(ProductRecord(f"BKGROUND{suffix}", background_written.result(), "FITS", "QC",
                                              "modelled scatter background light image (removed from master flat)"))
         records: list[ProductRecord] = []
         written_plots = self._finish_plots()
@@ -664,7 +665,7 @@ class MasterFlatRecipe:
 
 
 def _draw(describe: Callable[[], plots.OrderLocationFigure | plots.BackgroundFigure], temporary: Path) -> None:
-    """Describe a QC figure and draw it into ``temporary`` (on the plot thread)."""
+    """Describe a QC figure and draw it into ``temporary`` (on the side thread)."""
     temporary.parent.mkdir(parents=True, exist_ok=True)
     plots.render(describe(), temporary)
 

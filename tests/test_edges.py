@@ -391,3 +391,19 @@ def test_bad_column_running_just_inside_an_edge_does_not_bias_it() -> None:
     error = np.abs(fit.edge_low(syn.orders[k], b) - syn.low[k])
     assert np.max(error[inside]) <= 0.1
     _assert_accurate(_edge_errors(syn, fit))
+
+
+def test_slices_shared_among_threads_give_the_same_edges(monkeypatch) -> None:
+    """Each slice is measured on its own, so splitting the slices among threads changes nothing."""
+    from soxs_mflat import edges as edges_module
+
+    syn = synthetic_flat(noise=0.01, seed=21)
+    options = {"slice_length": 50, "slice_width": 1, "min_threshold_pct": 20, "max_threshold_pct": 50}
+    monkeypatch.setattr(edges_module, "MIN_SLICES_PER_WORKER", 10)
+    monkeypatch.setattr(edges_module, "WORKERS", 1)
+    alone = detect_edges(syn.image, syn.centre_table, **options)
+    monkeypatch.setattr(edges_module, "WORKERS", 2)
+    shared = detect_edges(syn.image, syn.centre_table, **options)
+    assert alone.order.size > 1000
+    for name in ("order", "b", "centre", "low", "up", "flag_low", "flag_up", "max_threshold", "min_threshold"):
+        np.testing.assert_array_equal(getattr(shared, name), getattr(alone, name))
