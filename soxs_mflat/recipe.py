@@ -73,7 +73,14 @@ from soxs_mflat.products import (
 from soxs_mflat.qc import QCRow, deduplicate, failed, qc_row
 from soxs_mflat.settings import ArmSettings, Settings, load_settings, peek_instrument
 from soxs_mflat.sof import InputSet
-from soxs_mflat.stacking import FlatCube, centre_band_mask, measure_levels, ratio_levels, sigma_clipped_stack
+from soxs_mflat.stacking import (
+    FlatCube,
+    band_sample,
+    centre_band_mask,
+    measure_levels,
+    ratio_levels,
+    sigma_clipped_stack,
+)
 
 LOGGER = logging.getLogger("soxs_mflat")
 
@@ -397,9 +404,10 @@ class MasterFlatRecipe:
             )
         cube = cube.with_levels(first_levels.levels)
         LOGGER.info("Exposure levels (e-): %s", ", ".join(f"{v:.1f}" for v in first_levels.levels))
+        sample = band_sample(band)  # the relative levels of the second pass need no more (see band_sample)
         first = sigma_clipped_stack(cube, noise, sigma=settings.stacked_clipping_sigma,
-                                    iterations=settings.stacked_clipping_iterations, where=band)
-        relative = ratio_levels(cube, first.data, band)
+                                    iterations=settings.stacked_clipping_iterations, where=sample)
+        relative = ratio_levels(cube, first.data, sample)
         del first
         cube = cube.with_levels(first_levels.levels * relative)
         LOGGER.info("Second pass: relative levels %s", ", ".join(f"{v:.5f}" for v in relative))

@@ -23,6 +23,7 @@ MAD_TO_SIGMA = 1.482602218505602
 CHUNK_PIXELS = 1 << 15
 SAMPLE_SIZE = 1 << 18
 MAX_SPREAD_RATIO = 1.5
+RATIO_SAMPLE_PIXELS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,21 @@ def centre_band_mask(shape_ba: tuple[int, int], centres_ba: np.ndarray, valid: n
     usable = valid & np.isfinite(centres_ba)
     start = np.where(usable, np.floor(np.where(usable, centres_ba, 0.0)) - half_width, 0.0)
     return interval_mask(start, np.where(usable, start + 2 * half_width, 0.0), shape_ba[1])
+
+
+def band_sample(band: np.ndarray, *, max_pixels: int = RATIO_SAMPLE_PIXELS) -> np.ndarray:
+    """Every k-th pixel of ``band`` (a boolean frame), k as small as keeps at most ``max_pixels`` of them.
+
+    The second pass only needs each flat's level relative to the first-pass master, a ratio close to 1
+    everywhere whose mean over 2^18 pixels is as good as over all of them (its error, ~1 % pixel noise
+    / 512, is far below anything the stack can see); the first-pass stack is then needed at those
+    pixels only (X-shooter VIS: 1.2 M band pixels, ~0.35 s less).
+    """
+    positions = np.flatnonzero(band)
+    step = max(1, -(-positions.size // max_pixels))
+    sample = np.zeros(band.shape, dtype=bool)
+    sample.ravel()[positions[::step]] = True
+    return sample
 
 
 def measure_levels(cube: FlatCube, band: np.ndarray, *, workers: int = 2) -> ExposureLevels:

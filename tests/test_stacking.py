@@ -12,6 +12,7 @@ from soxs_mflat.stacking import (
     FlatCube,
     _median,
     _percentiles,
+    band_sample,
     centre_band_mask,
     clipped_mean,
     measure_levels,
@@ -200,3 +201,14 @@ def test_partition_median_and_percentiles_equal_numpy(size: int) -> None:
     values = (np.random.default_rng(size).normal(1, 0.01, size) * 17000).astype(np.float32)
     assert _median(values) == float(np.median(values))
     assert np.array_equal(_percentiles(values, (10, 50, 90)), np.percentile(values, [10, 50, 90]))
+
+
+def test_band_sample_spreads_at_most_the_requested_pixels_over_the_band() -> None:
+    band = np.zeros((400, 300), dtype=bool)
+    band[:, 100:120] = True
+    band[:, 200:215] = True
+    sample = band_sample(band, max_pixels=1000)
+    assert 0.9 * 1000 < np.count_nonzero(sample) <= 1000 and not np.any(sample & ~band)
+    rows = np.flatnonzero(sample.any(axis=1))
+    assert rows[0] < 10 and rows[-1] > 390  # spread over the whole band, not its start
+    assert np.array_equal(band_sample(band, max_pixels=band.size), band)
