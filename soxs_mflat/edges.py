@@ -479,10 +479,10 @@ def detect_edges(
                                    max_threshold_pct=max_threshold_pct, off_detector=off_detector[part])
 
     n_slices = start.size
-    parts = [slice(k * n_slices // WORKERS, (k + 1) * n_slices // WORKERS) for k in range(WORKERS)]
     if n_slices < WORKERS * MIN_SLICES_PER_WORKER:
         edges = measure(slice(0, n_slices))
     else:
+        parts = [slice(k * n_slices // WORKERS, (k + 1) * n_slices // WORKERS) for k in range(WORKERS)]
         with ThreadPoolExecutor(WORKERS) as pool:
             measured = list(pool.map(measure, parts))
         edges = SliceEdges(*(np.concatenate([getattr(m, f.name) for m in measured]) for f in fields(SliceEdges)))
