@@ -224,7 +224,16 @@ class MasterFlatRecipe:
         root = Path(settings.workspace_root_dir or ".").expanduser()
         if not root.is_absolute():
             root = Path.cwd() / root
-        return product_paths(stem=stem, root=root.resolve(), instrument=inputs.instrument)
+        paths = product_paths(stem=stem, root=root.resolve(), instrument=inputs.instrument)
+        for folder in (paths.products_dir, paths.qc_dir):  # before any work, so a run cannot fail at its end
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise UserInputError(
+                    f"The output folder {folder} cannot be created ({error.strerror or error}). Nothing was written. "
+                    "Choose another output directory with -o, or remove or rename what stands in the way."
+                ) from None
+        return paths
 
     def _refuse_to_clobber(self, paths: ProductPaths, inputs: VerifiedInputs) -> None:
         existing = paths.existing(s.lamp for s in inputs.lamp_sets)

@@ -45,6 +45,18 @@ def test_verification_error_is_one_paragraph_without_traceback(frame_set, tmp_pa
     assert not (tmp_path / "out" / "products").exists()
 
 
+def test_unusable_output_folder_is_one_paragraph_before_any_work(frame_set, tmp_path: Path, capsys) -> None:
+    paths = frame_set()
+    (tmp_path / "out" / "qc").mkdir(parents=True)
+    (tmp_path / "out" / "qc" / "soxs_mflat").write_text("a file where the QC folder should go")
+    status = main(["mflat", ",".join(str(p) for p in paths), "-o", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    message = [line for line in error.splitlines() if line.startswith("ERROR:")]
+    assert status == 2 and len(message) == 1 and "Traceback" not in error
+    assert str(tmp_path / "out" / "qc" / "soxs_mflat") in message[0] and "-o" in message[0]
+    assert not any((tmp_path / "out" / "products" / "soxs_mflat").iterdir())
+
+
 def test_verbose_shows_the_traceback(frame_set, tmp_path: Path, capsys) -> None:
     paths = frame_set(with_darks=False)
     status = main(["-V", "mflat", ",".join(str(p) for p in paths)])
