@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from astropy.io import fits
-
 from soxs_mflat.errors import UserInputError
+from soxs_mflat.fitsio import Header
 from soxs_mflat.frames import FrameFile
 from soxs_mflat.instruments import Detector, Keywords, detector_for, instrument_from_header, keywords_for
 
@@ -89,7 +88,7 @@ def _names(frames: Iterable[FrameFile]) -> str:
     return ", ".join(str(f.path) for f in frames)
 
 
-def _value(header: fits.Header, keyword: str | None) -> str:
+def _value(header: Header, keyword: str | None) -> str:
     if keyword is None:
         return ""
     value = header.get(keyword, "")

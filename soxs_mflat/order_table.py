@@ -1,7 +1,7 @@
 """The order table (``ORDER_TAB_<ARM>``): dataclass and FITS layout (spec §4).
 
-This module converts between :class:`OrderTable` and an in-memory :class:`astropy.io.fits.HDUList`;
-reading and writing files is left to ``frames.py`` and ``products.py``.
+This module converts between :class:`OrderTable` and FITS HDUs (:class:`soxs_mflat.fitsio.HDU`) or
+table columns; reading and writing files is left to ``frames.py`` and ``products.py``.
 
 Layout: HDU 0 header only; HDU 1 one-row coefficient table; HDU 2 one row per order (metadata);
 HDU 3 ``ORDER_TRACES``. Coefficient columns follow the polynomial term order (i-major) because
@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from astropy.io import fits
 
+from soxs_mflat.fitsio import HDU, Header
 from soxs_mflat.geometry import Poly2D
 
 TRACE_PREFIXES = {"centre": "cent_", "std": "std_", "edge_low": "edgelow_c", "edge_up": "edgeup_c"}
@@ -42,7 +42,7 @@ class OrderTable:
     edge_low: Poly2D | None = None
     edge_up: Poly2D | None = None
     extra_meta: dict[str, np.ndarray] = field(default_factory=dict)
-    header: fits.Header = field(default_factory=fits.Header)
+    header: Header = field(default_factory=Header)
 
     @property
     def along_axis(self) -> str:
@@ -120,14 +120,14 @@ def _terms(prefix: str, poly: Poly2D) -> list[tuple[str, object]]:
     ]
 
 
-def _read_poly(row: fits.FITS_rec, kind: str) -> Poly2D | None:
+def _read_poly(coefficients: dict[str, np.ndarray], kind: str) -> Poly2D | None:
     prefix = TRACE_PREFIXES[kind]
     pattern = re.compile(rf"^{prefix}(\d)(\d)$")
     terms = {}
-    for name in row.columns.names:
+    for name, values in coefficients.items():
         match = pattern.match(name)
         if match:
-            terms[(int(match.group(1)), int(match.group(2)))] = float(row[name][0])
+            terms[(int(match.group(1)), int(match.group(2)))] = float(values[0])
     if not terms:
         return None
     deg_order = max(i for i, _ in terms)
@@ -138,70 +138,33 @@ def _read_poly(row: fits.FITS_rec, kind: str) -> Poly2D | None:
     return Poly2D(coeffs)
 
 
-def to_hdulist(table: OrderTable, *, trace_binning: tuple[int, int] = (1, 1)) -> fits.HDUList:
-    """Build the order-table HDUs (spec §4.1).
+def to_hdus(table: OrderTable, *, trace_binning: tuple[int, int] = (1, 1)) -> list[HDU]:
+    """Build the order-table HDUs (spec §4.1): one K (integer) or D (float) column per value.
 
     ``trace_binning`` is the (A, B) binning of the frame the metadata limits refer to; the
     ``ORDER_TRACES`` extension is sampled at every unbinned axis-B pixel.
     """
     a, b = table.fitted_axis, table.along_axis
-    coefficients = _binary_table([(name, np.array([value])) for name, value in _coefficient_columns(table)])
+    coefficients = _rows([(name, np.array([value])) for name, value in _coefficient_columns(table)])
     order_values = table.orders.astype(np.float64) if table.has_edges else table.orders.astype(np.int64)
     limits = [(f"{b}min", table.b_min), (f"{b}max", table.b_max), (f"{a}min", table.a_min), (f"{a}max", table.a_max)]
-    meta = _binary_table(
+    meta = _rows(
         [("order", order_values)]
         + [(name, np.asarray(values, dtype=np.float64)) for name, values in [*limits, *table.extra_meta.items()]]
     )
-    traces = _binary_table(list(order_traces(table, trace_binning[1]).items()), extname="ORDER_TRACES")
-    primary = fits.PrimaryHDU(header=table.header)  # copies the header
-    return fits.HDUList([primary, coefficients, meta, traces])
+    traces = _rows(list(order_traces(table, trace_binning[1]).items()))
+    return [HDU(table.header.copy()), HDU(data=coefficients), HDU(data=meta),
+            HDU(Header({"EXTNAME": ("ORDER_TRACES", "extension name")}), traces)]
 
 
-def _binary_table(columns: list[tuple[str, np.ndarray]], extname: str | None = None) -> fits.BinTableHDU:
-    """A binary-table HDU with one K (integer) or D (float) column per array, made from its FITS bytes.
-
-    The header is card for card what ``BinTableHDU.from_columns`` writes, but building it as text
-    skips astropy's per-column ``Column`` and ``Card`` objects (~0.1 s for the coefficient table).
-    """
+def _rows(columns: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    """Table rows with one int64 or float64 field per array."""
     n_rows = len(columns[0][1]) if columns else 0
-    dtype = np.dtype([(name, ">i8" if values.dtype.kind in "biu" else ">f8") for name, values in columns])
+    dtype = np.dtype([(name, np.int64 if values.dtype.kind in "biu" else np.float64) for name, values in columns])
     rows = np.empty(n_rows, dtype=dtype)
     for name, values in columns:
         rows[name] = values
-    cards = [
-        _card("XTENSION", "BINTABLE", "binary table extension"),
-        _card("BITPIX", 8, "array data type"),
-        _card("NAXIS", 2, "number of array dimensions"),
-        _card("NAXIS1", dtype.itemsize, "length of dimension 1"),
-        _card("NAXIS2", n_rows, "length of dimension 2"),
-        _card("PCOUNT", 0, "number of group parameters"),
-        _card("GCOUNT", 1, "number of groups"),
-        _card("TFIELDS", len(columns), "number of table fields"),
-    ]
-    for i, (name, _) in enumerate(columns, start=1):
-        cards += [_card(f"TTYPE{i}", name), _card(f"TFORM{i}", "K" if dtype[name].kind == "i" else "D")]
-    if extname is not None:
-        cards.append(_card("EXTNAME", extname, "extension name"))
-    cards.append(f"{'END':80}")
-    return fits.BinTableHDU.fromstring(_padded("".join(cards).encode("ascii"), b" ") + _padded(rows.tobytes(), b"\0"))
-
-
-def _card(keyword: str, value: str | int, comment: str = "") -> str:
-    """One 80-character header card formatted as astropy formats it."""
-    if isinstance(value, str):
-        quoted = "'" + value.replace("'", "''").ljust(8) + "'"
-        text = f"{quoted:20}"
-    else:
-        text = f"{value:>20d}"
-    card = f"{keyword:8}= {text}" + (f" / {comment}" if comment else "")
-    if len(card) > 80:
-        raise ValueError(f"order-table card {card!r} is longer than 80 characters")
-    return f"{card:80}"
-
-
-def _padded(data: bytes, fill: bytes) -> bytes:
-    """``data`` padded with ``fill`` to a whole number of 2880-byte FITS blocks."""
-    return data + fill * (-len(data) % 2880)
+    return rows
 
 
 def order_traces(table: OrderTable, b_bin: int) -> dict[str, np.ndarray]:
@@ -222,30 +185,27 @@ def order_traces(table: OrderTable, b_bin: int) -> dict[str, np.ndarray]:
     return columns
 
 
-def from_hdulist(hdulist: fits.HDUList) -> OrderTable:
-    """Read an order table from its HDUs (HDU 1 and HDU 2 by position, as soxspipe does)."""
-    coefficients = hdulist[1].data
-    meta = hdulist[2].data
-    meta_names = list(meta.columns.names)
-    fitted_axis = "x" if "degy_cent" in coefficients.columns.names else "y"
+def from_tables(header: Header, coefficients: dict[str, np.ndarray], meta: dict[str, np.ndarray]) -> OrderTable:
+    """An order table from its primary header and the columns of HDU 1 (coefficients) and HDU 2 (metadata)."""
+    fitted_axis = "x" if "degy_cent" in coefficients else "y"
     a, b = fitted_axis, ("y" if fitted_axis == "x" else "x")
     centre = _read_poly(coefficients, "centre")
     if centre is None:
         raise ValueError("order table has no cent_ coefficients")
     known = {"order", f"{b}min", f"{b}max", f"{a}min", f"{a}max"}
-    n_orders = len(meta)
+    n_orders = len(meta["order"])
     nan = np.full(n_orders, np.nan)
     return OrderTable(
         fitted_axis=fitted_axis,
         orders=np.round(np.asarray(meta["order"], dtype=np.float64)).astype(np.int64),
         b_min=np.asarray(meta[f"{b}min"], dtype=np.float64),
         b_max=np.asarray(meta[f"{b}max"], dtype=np.float64),
-        a_min=np.asarray(meta[f"{a}min"], dtype=np.float64) if f"{a}min" in meta_names else nan,
-        a_max=np.asarray(meta[f"{a}max"], dtype=np.float64) if f"{a}max" in meta_names else nan,
+        a_min=np.asarray(meta[f"{a}min"], dtype=np.float64) if f"{a}min" in meta else nan,
+        a_max=np.asarray(meta[f"{a}max"], dtype=np.float64) if f"{a}max" in meta else nan,
         centre=centre,
         std=_read_poly(coefficients, "std"),
         edge_low=_read_poly(coefficients, "edge_low"),
         edge_up=_read_poly(coefficients, "edge_up"),
-        extra_meta={name: np.asarray(meta[name], dtype=np.float64) for name in meta_names if name not in known},
-        header=hdulist[0].header.copy(),
+        extra_meta={name: np.asarray(values, dtype=np.float64) for name, values in meta.items() if name not in known},
+        header=header,
     )

@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from soxs_mflat import __version__
+from soxs_mflat.fitsio import HDU, Header, format_card, write_fits
 from soxs_mflat.inputs import VerifiedInputs
 from soxs_mflat.qc import QCRow
 
@@ -134,23 +134,9 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def write_hdulist(hdulist: fits.HDUList, path: Path) -> Path:
-    """Write FITS HDUs atomically, with checksums.
-
-    Native-order float images are first copied to big-endian (FITS order): astropy would otherwise
-    byte-swap them in place and back twice, for the checksum and again for writing.
-    """
-    for hdu in hdulist:
-        if isinstance(hdu, fits.PrimaryHDU | fits.ImageHDU) and hdu.data is not None:
-            hdu.data = _big_endian(hdu.data)
-        hdu.add_checksum()
-    return write_atomic(path, lambda tmp: hdulist.writeto(tmp, output_verify="silentfix"))
-
-
-def _big_endian(data: np.ndarray) -> np.ndarray:
-    """``data`` itself if already in FITS byte order (or not a float image), else a big-endian copy."""
-    big = data.dtype.newbyteorder(">")
-    return data.astype(big) if data.dtype.kind == "f" and data.dtype != big else data
+def write_hdus(hdus: list[HDU], path: Path) -> Path:
+    """Write FITS HDUs atomically, with checksums."""
+    return write_atomic(path, lambda tmp: write_fits(tmp, hdus))
 
 
 def write_text(text: str, path: Path) -> Path:
@@ -180,7 +166,7 @@ def _short(name: str, limit: int = 40) -> str:
 
 
 def provenance_header(
-    base: fits.Header,
+    base: Header,
     *,
     inputs: VerifiedInputs,
     raw_frames: Iterable[Path],
@@ -190,7 +176,7 @@ def provenance_header(
     pro_tech: str,
     qc_rows: Iterable[QCRow],
     checksums: Mapping[Path, str] | None = None,
-) -> fits.Header:
+) -> Header:
     """Product header: the earliest flat's header without DPR cards, plus PRO, REC1 and QC cards.
 
     ``checksums`` holds calibration MD5s already computed (see :func:`start_checksums`); any other
@@ -198,11 +184,8 @@ def provenance_header(
     """
     checksums = checksums or {}
     header = base.copy(strip=True)
-    for keyword in REMOVED_KEYWORDS:
-        header.remove(keyword, ignore_missing=True, remove_all=True)
-    for keyword in ("EXTNAME", "BUNIT", "SXSPRE", "CHECKSUM", "DATASUM"):
-        header.remove(keyword, ignore_missing=True, remove_all=True)
-    header.remove("RADECSYS", ignore_missing=True)
+    for keyword in (*REMOVED_KEYWORDS, "EXTNAME", "BUNIT", "SXSPRE", "RADECSYS"):
+        header.remove(keyword)
     header["HIERARCH ESO PRO CATG"] = pro_catg
     header["HIERARCH ESO PRO TYPE"] = "REDUCED"
     header["HIERARCH ESO PRO TECH"] = pro_tech
@@ -227,22 +210,27 @@ def provenance_header(
         if row.to_header and np.isfinite(row.value):
             keyword = f"HIERARCH ESO QC {row.name}"
             value = int(row.value) if float(row.value).is_integer() and abs(row.value) < 2**53 else row.value
-            room = 80 - len(fits.Card(keyword, value).image.rstrip()) - 3
+            room = 80 - len(format_card(keyword, value).rstrip()) - 3
             header[keyword] = (value, row.comment[: max(room, 0)])
     return header
 
 
-def image_hdulist(data: np.ndarray, mask: np.ndarray, uncertainty: np.ndarray, header: fits.Header) -> fits.HDUList:
+def image_hdus(data: np.ndarray, mask: np.ndarray, uncertainty: np.ndarray, header: Header) -> list[HDU]:
     """FLUX (float32) / QUAL (uint8) / ERRS (float32) HDUs (spec §2.3, §5.1).
 
-    The float images are copied once, contiguous and big-endian (FITS order), so that neither the
-    checksum nor the writer has to byte-swap them; the mask is passed through when contiguous bool.
+    Float images already big-endian (FITS order) are written without another copy.
     """
-    primary = fits.PrimaryHDU(np.ascontiguousarray(data, dtype=">f4"), header=header)
-    primary.header["EXTNAME"] = "FLUX"
-    primary.header["BUNIT"] = ""
-    qual = fits.ImageHDU(np.ascontiguousarray(mask, dtype=bool).view(np.uint8), name="QUAL")
-    errs = fits.ImageHDU(np.ascontiguousarray(uncertainty, dtype=">f4"), name="ERRS")
-    errs.header["UTYPE"] = "StdDevUncertainty"
-    errs.header["BUNIT"] = ""
-    return fits.HDUList([primary, qual, errs])
+    flux_header = header.copy()
+    flux_header["EXTNAME"] = "FLUX"
+    flux_header["BUNIT"] = ""
+    return [
+        HDU(flux_header, _float32(data)),
+        HDU(Header({"EXTNAME": "QUAL"}), np.asarray(mask, dtype=bool)),
+        HDU(Header({"EXTNAME": "ERRS", "UTYPE": "StdDevUncertainty", "BUNIT": ""}), _float32(uncertainty)),
+    ]
+
+
+def _float32(image: np.ndarray) -> np.ndarray:
+    """``image`` as float32 in either byte order (converted only if another type)."""
+    image = np.asarray(image)
+    return image if image.dtype.kind == "f" and image.dtype.itemsize == 4 else image.astype(np.float32)

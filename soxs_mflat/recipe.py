@@ -19,7 +19,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from soxs_mflat import background, badpixels, edges, plots, stitching
 from soxs_mflat.detrend import (
@@ -32,6 +31,7 @@ from soxs_mflat.detrend import (
     nearest_in_time,
 )
 from soxs_mflat.errors import UserInputError
+from soxs_mflat.fitsio import HDU, Header
 from soxs_mflat.footprints import (
     OrderBounds,
     contiguous,
@@ -56,18 +56,18 @@ from soxs_mflat.frames import (
     science_region,
 )
 from soxs_mflat.inputs import LampSet, VerifiedInputs, classify, identify_instrument_and_arm, verify
-from soxs_mflat.order_table import OrderTable, to_hdulist
+from soxs_mflat.order_table import OrderTable, to_hdus
 from soxs_mflat.products import (
     ProductPaths,
     commit,
-    image_hdulist,
+    image_hdus,
     night_from_mjd,
     night_from_sof_name,
     product_paths,
     provenance_header,
     start_checksums,
     temporary_path,
-    write_hdulist,
+    write_hdus,
     write_text,
 )
 from soxs_mflat.qc import QCRow, deduplicate, failed, qc_row
@@ -132,7 +132,7 @@ class LampResult:
     centres: OrderTable
     background: np.ndarray | None
     qc: list[QCRow]
-    header: fits.Header
+    header: Header
     detections: edges.EdgeDetections
 
 
@@ -316,7 +316,7 @@ class MasterFlatRecipe:
         stem = prepared.path.name.removesuffix(".Z").removesuffix(".fits")
         header = prepared.header.copy()
         header["SXSPRE"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "UTC timestamp")
-        write_hdulist(image_hdulist(prepared.data, prepared.mask, prepared.uncertainty, header), root / f"{stem}_pre.fits")
+        write_hdus(image_hdus(prepared.data, prepared.mask, prepared.uncertainty, header), root / f"{stem}_pre.fits")
 
     def _calibration(self, frame: FrameFile, inputs: VerifiedInputs, static_mask: np.ndarray | None,
                      fitted_axis: str) -> Calibration:
@@ -594,23 +594,23 @@ class MasterFlatRecipe:
             if result.background is not None:  # written on the side thread while this one writes the rest
                 bkg_header = header.copy()
                 bkg_header["HIERARCH ESO PRO CATG"] = f"FLAT_BKGROUND_{arm}"
-                bkg = fits.PrimaryHDU(contiguous(from_ba(result.background, fitted_axis), ">f4"), header=bkg_header)
-                bkg.header["EXTNAME"] = "FLUX"
-                background_written = self._side_thread.submit(write_hdulist, fits.HDUList([bkg]), paths.background(lamp))
+                bkg_header["EXTNAME"] = "FLUX"
+                bkg = HDU(bkg_header, contiguous(from_ba(result.background, fitted_axis), ">f4"))
+                background_written = self._side_thread.submit(write_hdus, [bkg], paths.background(lamp))
             flux, errs = (contiguous(from_ba(image, fitted_axis), ">f4") for image in (result.data, result.uncertainty))
-            flat_path = write_hdulist(image_hdulist(flux, contiguous(from_ba(result.mask, fitted_axis)), errs, header),
+            flat_path = write_hdus(image_hdus(flux, contiguous(from_ba(result.mask, fitted_axis)), errs, header),
                                       paths.master_flat(lamp))
             lamp_records.append(
                 ProductRecord(f"MFLAT{suffix}", flat_path, "FITS", "PROD", f"{arm} master spectroscopic flat frame")
             )
             table_header = header.copy()
             for keyword in (inputs.keywords.read_speed, inputs.keywords.conad, inputs.keywords.gain, inputs.keywords.ron):
-                table_header.remove(keyword, ignore_missing=True)
+                table_header.remove(keyword)
             table_header["HIERARCH ESO PRO CATG"] = f"ORDER_TAB_{arm}"
             table_header["HIERARCH ESO PRO TECH"] = "ECHELLE,SLIT"
             table_header["EXTNAME"] = "FLUX"
             table = result.table.with_edges(result.table.edge_low, result.table.edge_up, header=table_header)
-            table_path = write_hdulist(to_hdulist(table, trace_binning=binning_ab), paths.order_table(lamp))
+            table_path = write_hdus(to_hdus(table, trace_binning=binning_ab), paths.order_table(lamp))
             lamp_records.append(ProductRecord(f"ORDER_LOC{suffix}", table_path, "FITS", "PROD",
                                          "table of coefficients from polynomial fits to order locations"))
             if background_written is not None:

@@ -11,9 +11,11 @@ from astropy.io import fits
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from soxs_mflat.fitsio import Header
 from soxs_mflat.geometry import Poly2D
 from soxs_mflat.instruments import INSTRUME_HEADER, detector_for, keywords_for
-from soxs_mflat.order_table import OrderTable, to_hdulist
+from soxs_mflat.order_table import OrderTable, to_hdus
+from soxs_mflat.products import write_hdus
 
 SLITS = {"soxs": "SLIT1.0", "xsh": "1.0x11"}
 
@@ -81,7 +83,7 @@ def write_order_table(path: Path, *, instrument: str, arm: str, binning: tuple[i
     """A small order-centre table (spec §4) for the given arm."""
     kw = keywords_for(instrument)
     axis = fitted_axis or detector_for(instrument, arm).fitted_axis
-    header = fits.Header()
+    header = Header()
     header["INSTRUME"] = INSTRUME_HEADER[instrument]
     header["HIERARCH ESO SEQ ARM"] = arm
     header["HIERARCH ESO PRO CATG"] = f"ORDER_TAB_{arm}"
@@ -92,7 +94,7 @@ def write_order_table(path: Path, *, instrument: str, arm: str, binning: tuple[i
         header["OBJECT"] = obj
     table = OrderTable(axis, np.array([10, 11]), np.zeros(2), np.full(2, 2000.0), np.array([100.0, 200.0]),
                        np.array([150.0, 250.0]), Poly2D([[-900.0, 0.0], [100.0, 0.0]]), Poly2D([[2.0]]), header=header)
-    to_hdulist(table).writeto(path, overwrite=True)
+    write_hdus(to_hdus(table), path)
     return path
 
 

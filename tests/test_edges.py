@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +20,10 @@ from soxs_mflat.edges import (
 )
 from soxs_mflat.errors import UserInputError
 from soxs_mflat.footprints import order_bounds, to_ba
+from soxs_mflat.frames import read_order_table
 from soxs_mflat.geometry import Poly2D
-from soxs_mflat.order_table import OrderTable, from_hdulist, to_hdulist
+from soxs_mflat.order_table import OrderTable, to_hdus
+from soxs_mflat.products import write_hdus
 
 DETECT = {"slice_length": 50, "slice_width": 5, "min_threshold_pct": 20, "max_threshold_pct": 50}
 FIT = {"order_deg": 3, "disp_axis_deg": 3, "clipping_sigma": 5, "clipping_iterations": 2}
@@ -241,7 +244,7 @@ def _coefficient_terms(names: list[str], row: object, prefix: str) -> list[float
 
 
 @pytest.mark.parametrize("fitted_axis", ["x", "y"])
-def test_order_location_table_round_trip(fitted_axis: str) -> None:
+def test_order_location_table_round_trip(fitted_axis: str, tmp_path: Path) -> None:
     """Table → HDUs → table keeps the edges, the column order soxspipe relies on, and the metadata."""
     syn = synthetic_flat(noise=0.01, centre_error=0.2, seed=12)
     frame = syn.image if fitted_axis == "x" else syn.image.T
@@ -249,11 +252,11 @@ def test_order_location_table_round_trip(fitted_axis: str) -> None:
     flat_ba = to_ba(frame, fitted_axis)
     detections, fit = _run(flat_ba, centres)
     table = order_location_table(centres, fit, detections, shape_ba=flat_ba.shape, binning_ab=(1, 1))
-    hdulist = to_hdulist(table)
-    back = from_hdulist(hdulist)
+    hdus = to_hdus(table)
+    back = read_order_table(write_hdus(hdus, tmp_path / "table.fits"))
 
     along = "y" if fitted_axis == "x" else "x"
-    names = list(hdulist[1].columns.names)
+    names = list(hdus[1].data.dtype.names)
     assert ("degy_cent" in names) == (fitted_axis == "x")
     assert f"deg{along}_cent" in names
     edge_start = names.index("degorder_edgelow")
@@ -263,14 +266,14 @@ def test_order_location_table_round_trip(fitted_axis: str) -> None:
     expected_edges += [f"edgeup_c{i}{j}" for i in range(fit.deg_order + 1) for j in range(fit.deg_b + 1)]
     assert names[edge_start:] == expected_edges
     assert names.index("degorder_std") < edge_start and names[0] == "degorder_cent"
-    row = hdulist[1].data[0]
+    row = hdus[1].data[0]
     for prefix, poly in (("edgelow_", table.edge_low), ("edgeup_", table.edge_up), ("cent_", table.centre)):
         terms = _coefficient_terms(names, row, prefix)
         assert len(terms) == poly.coeffs.size
         np.testing.assert_array_equal(terms, poly.coeffs.ravel())
     assert len(_coefficient_terms(names, row, "edgelow_")) == n_terms
 
-    assert list(hdulist[2].columns.names) == [
+    assert list(hdus[2].data.dtype.names) == [
         "order",
         f"{along}min",
         f"{along}max",

@@ -15,7 +15,8 @@ import pytest
 from synthetic import synthetic_flat
 
 from soxs_mflat.edges import detect_edges, fit_edges, order_location_table
-from soxs_mflat.order_table import to_hdulist
+from soxs_mflat.order_table import to_hdus
+from soxs_mflat.products import write_hdus
 
 SOXSPIPE_PYTHON = Path(__file__).parents[1] / ".venv-soxspipe" / "bin" / "python"
 
@@ -48,7 +49,7 @@ def test_soxspipe_reads_our_edges(tmp_path: Path, fitted_axis: str) -> None:
     table = order_location_table(flat.centre_table, fit, detections, shape_ba=flat.image.shape, binning_ab=(1, 1))
     table = replace(table, fitted_axis=fitted_axis)
     path = tmp_path / "ORDER_TAB.fits"
-    to_hdulist(table).writeto(path)
+    write_hdus(to_hdus(table), path)
     read = _soxspipe_read(path, 1, 1, True)
     a, b = fitted_axis, ("y" if fitted_axis == "x" else "x")
     orders = np.asarray(read["order"], dtype=float)

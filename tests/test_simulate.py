@@ -11,10 +11,10 @@ from astropy.io import fits
 
 from soxs_mflat.geometry import Poly2D
 from soxs_mflat.instruments import detector_for, keywords_for
-from soxs_mflat.order_table import from_hdulist, to_hdulist
 from soxs_mflat.simulate import SimulatedSet, format_score, preview_png, score, simulate_set
 from soxs_mflat.simulate.detector import RawLayout
 from soxs_mflat.simulate.render import profile_antiderivative
+from soxs_mflat.simulate.tables import read_order_table, write_order_table
 from soxs_mflat.simulate.truth import Truth
 
 SETS = {
@@ -146,8 +146,7 @@ def test_centre_table_round_trips_and_is_close_to_the_truth(sets: dict[str, Simu
     assert len(tables) == (2 if arm == "UVB" else 1)
     objects = set()
     for path in tables:
-        with fits.open(path) as hdul:
-            table = from_hdulist(hdul)
+        table = read_order_table(path)
         header = table.header
         objects.add(header[kw.object])
         assert header[kw.pro_catg] == f"ORDER_TAB_{arm}"
@@ -269,12 +268,11 @@ def _write_product(directory: Path, truth: Truth, *, flux: np.ndarray, shift: fl
             fits.ImageHDU(errs.astype(np.float32), name="ERRS"),
         ]
     ).writeto(directory / "master_flat.fits", overwrite=True)
-    with fits.open(truth.directory / "order_table.fits") as hdul:
-        table = from_hdulist(hdul)
+    table = read_order_table(truth.directory / "order_table.fits")
     offset = np.zeros_like(table.edge_low.coeffs)
     offset[0, 0] = shift * truth.binning[0]
     shifted = table.with_edges(Poly2D(table.edge_low.coeffs + offset), Poly2D(table.edge_up.coeffs + offset))
-    to_hdulist(shifted, trace_binning=truth.binning).writeto(directory / "order_table.fits", overwrite=True)
+    write_order_table(shifted, directory / "order_table.fits", trace_binning=truth.binning)
 
 
 @pytest.mark.parametrize("name", ["soxs-NIR", "xsh-UVB-2x2"])

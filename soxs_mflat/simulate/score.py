@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from soxs_mflat.order_table import OrderTable, from_hdulist
+from soxs_mflat.order_table import OrderTable
+from soxs_mflat.simulate.tables import read_order_table
 from soxs_mflat.simulate.truth import NOISE, SCATTER, SIGNAL, Truth
 
 INSET = 2.0
@@ -67,8 +68,7 @@ def score(
     }
     table = None
     if table_path is not None:
-        with fits.open(table_path) as hdul:
-            table = from_hdulist(hdul)
+        table = read_order_table(table_path)
     result.update(_score_edges(truth, table))
     if flat_path is not None:
         result.update(_score_flat(truth, flat_path, include_scattered_light=include_scattered_light, seed=seed))

@@ -27,11 +27,12 @@ from astropy.table import Table
 
 from soxs_mflat.geometry import Poly2D
 from soxs_mflat.instruments import INSTRUME_HEADER
-from soxs_mflat.order_table import OrderTable, to_hdulist
+from soxs_mflat.order_table import OrderTable
 from soxs_mflat.simulate.detector import BIAS_DARK_TIME
 from soxs_mflat.simulate.headers import N_BIAS, START, HeaderContext, put
 from soxs_mflat.simulate.render import FrameGeometry, ScatterModel
 from soxs_mflat.simulate.scene import LampModel, Scene
+from soxs_mflat.simulate.tables import table_header, write_order_table
 
 TRUTH_JSON = "truth.json"
 SIGNAL = "signal.fits"
@@ -206,10 +207,9 @@ def _write_traces(truth_dir: Path, scene: Scene, context: HeaderContext) -> None
         std=Poly2D(std),
         edge_low=layout.edge_low,
         edge_up=layout.edge_up,
-        header=header,
+        header=table_header(header),
     )
-    hdul = to_hdulist(true_table, trace_binning=(geometry.a_bin, geometry.b_bin))
-    hdul.writeto(truth_dir / ORDER_TABLE, overwrite=True)
+    write_order_table(true_table, truth_dir / ORDER_TABLE, trace_binning=(geometry.a_bin, geometry.b_bin))
 
 
 def _metadata(scene: Scene, context: HeaderContext, scales: list[float], norm: float, *, seed: int) -> dict:

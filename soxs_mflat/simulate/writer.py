@@ -23,11 +23,12 @@ from astropy.io import fits
 
 from soxs_mflat.geometry import Poly2D, fit_poly2d
 from soxs_mflat.instruments import ARMS, INSTRUMENTS
-from soxs_mflat.order_table import OrderTable, to_hdulist
+from soxs_mflat.order_table import OrderTable
 from soxs_mflat.simulate.detector import BIAS_DARK_TIME, RawLayout, add_cosmic_rays, add_photon_noise, bias_pattern
 from soxs_mflat.simulate.headers import N_BIAS, START, HeaderContext
 from soxs_mflat.simulate.layout import ArmLayout
 from soxs_mflat.simulate.scene import Scene, build_scene
+from soxs_mflat.simulate.tables import table_header, write_order_table
 from soxs_mflat.simulate.truth import write_truth
 
 CENTRE_TABLE_RMS = 0.1
@@ -248,10 +249,10 @@ def _write_centre_tables(writer: _Writer, rng: np.random.Generator) -> list[tupl
     for model in writer.scene.lamps:
         lamp = model.lamp
         header = context.order_table(moment=START - timedelta(minutes=20), table_object=lamp.order_table_object)
-        table = replace(measured_centre_table(writer.scene.layout, rng), header=header)
+        table = replace(measured_centre_table(writer.scene.layout, rng), header=table_header(header))
         suffix = f"_{lamp.tag}" if lamp.tag else ""
         path = writer.output_dir / "calib" / f"ORDER_TAB_{context.arm}{suffix}.fits"
-        to_hdulist(table).writeto(path, overwrite=True)
+        write_order_table(table, path)
         written.append((path, f"ORDER_TAB_{context.arm}"))
     return written
 
