@@ -569,8 +569,8 @@ def _storage_header(hdu: HDU, data: np.ndarray | None, *, primary: bool, extend:
         shape = () if data is None else data.shape
         cards += [("BITPIX", bitpix, "array data type"), ("NAXIS", len(shape), "number of array dimensions")]
         cards += [(f"NAXIS{axis}", length) for axis, length in enumerate(reversed(shape), start=1)]
-        if primary and extend:
-            cards.append(("EXTEND", True))
+        if primary:
+            cards += [("EXTEND", True)] if extend else []
         else:
             cards += [("PCOUNT", 0, "number of parameters"), ("GCOUNT", 1, "number of groups")]
     header = Header(cards)

@@ -20,7 +20,7 @@ from soxs_mflat.detrend import NoiseModel
 from soxs_mflat.footprints import interval_mask
 
 MAD_TO_SIGMA = 1.482602218505602
-CHUNK_PIXELS = 1 << 15
+CHUNK_PIXELS = 1 << 17
 SAMPLE_SIZE = 1 << 18
 MAX_SPREAD_RATIO = 1.5
 RATIO_SAMPLE_PIXELS = 1 << 18

@@ -147,6 +147,15 @@ def test_written_files_verify_in_astropy(tmp_path: Path) -> None:
             assert hdulist[3].columns.formats == ["K", "D"]
             np.testing.assert_array_equal(hdulist[3].data["ymin"], rows["ymin"])
             assert hdulist[4].data is None
+    single = tmp_path / "single.fits"
+    write_fits(single, [HDU(header, image)])
+    image_cards = ["BITPIX", "NAXIS", "NAXIS1", "NAXIS2"]
+    expected = [["SIMPLE", *image_cards, "EXTEND"], ["XTENSION", *image_cards, "PCOUNT", "GCOUNT"],
+                ["XTENSION", *image_cards, "PCOUNT", "GCOUNT"], ["XTENSION", *image_cards, "PCOUNT", "GCOUNT", "TFIELDS"],
+                ["XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT"], ["SIMPLE", *image_cards]]
+    with fits.open(path) as hdulist, fits.open(single) as alone:
+        for hdu, keywords in zip([*hdulist, *alone], expected, strict=True):
+            assert [keyword for keyword in hdu.header if keyword in [*expected[1], *expected[0], "TFIELDS"]] == keywords
     ours = FitsFile.open(path)
     assert len(ours) == 5 and ours.index("errs") == 2 and ours.index("NONE") is None
     np.testing.assert_array_equal(ours.image(0), image)
