@@ -83,6 +83,8 @@ from soxs_mflat.stacking import (
 )
 
 LOGGER = logging.getLogger("soxs_mflat")
+LOAD_WORKERS = 2
+"""Threads reading and converting the flats into the stack's cube (numpy releases the GIL while copying)."""
 
 
 @dataclass(frozen=True)
@@ -287,13 +289,17 @@ class MasterFlatRecipe:
         shape = shape_ba(detector.prepared_shape(*inputs.binning), fitted_axis)
         compact = None if settings.save_intermediate_products else _compact_dtype(frames)
         stored = np.empty((len(frames), *shape), dtype=compact or np.float32)
-        for i, frame in enumerate(frames):
+
+        def load(i: int) -> None:
             if compact is not None:
-                region = science_region(read_raw_adu(frame.path), detector=detector, binning=inputs.binning)
+                region = science_region(read_raw_adu(frames[i].path), detector=detector, binning=inputs.binning)
                 copy_tiled(from_ba(stored[i], fitted_axis), region, casting="safe")
             else:
-                mask = self._flux_into(frame, inputs, static_mask, from_ba(stored[i], fitted_axis), settings)
+                mask = self._flux_into(frames[i], inputs, static_mask, from_ba(stored[i], fitted_axis), settings)
                 stored[i][to_ba(mask, fitted_axis) | ~np.isfinite(stored[i])] = np.nan
+
+        with ThreadPoolExecutor(max_workers=LOAD_WORKERS) as pool:
+            list(pool.map(load, range(len(frames))))
         per_frame = detrendings or [None] * len(frames)
         static_ba = to_ba(static_mask, fitted_axis) if compact is not None and static_mask is not None else None
         combined: dict[int, np.ndarray | None] = {}
