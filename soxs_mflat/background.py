@@ -37,8 +37,8 @@ import numpy as np
 from numpy.polynomial import legendre
 
 from soxs_mflat.footprints import OrderBounds
+from soxs_mflat.robust import MAD_TO_SIGMA, partition_median
 
-MAD_TO_SIGMA = 1.4826
 WING_BIN_EDGES = np.array([0.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0])
 SPILL_SIGMAS = (4.0, 5.7, 8.0, 11.0, 16.0, 23.0, 32.0, 45.0, 64.0, 90.0, 128.0, 181.0, 256.0)
 SURFACE_DEGREE = 2
@@ -505,21 +505,12 @@ def _segment_levels(binned: np.ndarray, low: np.ndarray, up: np.ndarray) -> np.n
     return levels
 
 
-def _median(values: np.ndarray) -> float:
-    """Median of a non-empty 1-D array, which is partially sorted in place."""
-    half = values.size // 2
-    values.partition(half)
-    if values.size % 2:
-        return float(values[half])
-    return 0.5 * (float(values[half]) + float(values[:half].max()))
-
-
 def _robust_sigma(values: np.ndarray) -> tuple[float, float]:
     """Median and MAD-based σ of a non-empty 1-D array, which is overwritten."""
-    centre = _median(values)
+    centre = partition_median(values, overwrite=True)
     values -= centre
     np.abs(values, out=values)
-    return centre, MAD_TO_SIGMA * _median(values)
+    return centre, MAD_TO_SIGMA * partition_median(values, overwrite=True)
 
 
 def _nonnegative_solve(gram: np.ndarray, rhs: np.ndarray, free: int) -> np.ndarray:

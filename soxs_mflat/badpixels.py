@@ -42,8 +42,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from soxs_mflat.footprints import OrderBounds
+from soxs_mflat.robust import MAD_TO_SIGMA
 
-MAD_TO_SIGMA = 1.4826
 DEAD = np.uint8(1)
 HOT = np.uint8(2)
 LOW_SENSITIVITY = np.uint8(4)

@@ -33,6 +33,7 @@ import numpy as np
 from soxs_mflat.errors import UserInputError
 from soxs_mflat.geometry import Poly2D, fit_poly2d
 from soxs_mflat.order_table import OrderTable
+from soxs_mflat.robust import MAD_TO_SIGMA
 
 HALF_WINDOW = 3
 """Half-width (px) of the flux-sum window around an edge: holds the transition for PSF sigma ≤ 1.2 px."""
@@ -70,7 +71,6 @@ DEFECT_SIGMA = 4.0
 neighbours is treated as a pixel defect in a slice."""
 DEFECT_FLOOR = 0.01
 """...and at least this fraction of the span (for nearly noiseless slices)."""
-MAD_TO_SIGMA = 1.4826
 WORKERS = min(2, os.cpu_count() or 1)
 """Threads sharing the slices of :func:`detect_edges` (each slice is measured on its own)."""
 MIN_SLICES_PER_WORKER = 500

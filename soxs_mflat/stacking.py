@@ -18,8 +18,8 @@ import numpy as np
 
 from soxs_mflat.detrend import NoiseModel
 from soxs_mflat.footprints import interval_mask
+from soxs_mflat.robust import MAD_TO_SIGMA, partition_median
 
-MAD_TO_SIGMA = 1.482602218505602
 CHUNK_PIXELS = 1 << 17
 SAMPLE_SIZE = 1 << 18
 MAX_SPREAD_RATIO = 1.5
@@ -227,8 +227,8 @@ def clipped_mean(values: np.ndarray, *, sigma: float, iterations: int = 5) -> fl
     sample = values[:: max(1, values.size // SAMPLE_SIZE)]
     centre = spread = 0.0
     for _ in range(iterations):
-        centre = _median(sample)
-        spread = MAD_TO_SIGMA * _median(np.abs(sample - np.float32(centre)))
+        centre = partition_median(sample)
+        spread = MAD_TO_SIGMA * partition_median(np.abs(sample - np.float32(centre)), overwrite=True)
         if spread == 0:
             return centre
         inside = sample[np.abs(sample - np.float32(centre)) <= sigma * spread]
@@ -236,16 +236,6 @@ def clipped_mean(values: np.ndarray, *, sigma: float, iterations: int = 5) -> fl
             break
         sample = inside
     return float(np.mean(values[np.abs(values - np.float32(centre)) <= sigma * spread], dtype=np.float64))
-
-
-def _median(values: np.ndarray) -> float:
-    """``np.median`` of ``values`` (no NaN), by single-rank partitions (much faster than its two-rank one)."""
-    work = values.copy()
-    middle = (work.size - 1) // 2
-    work.partition(middle)
-    if work.size % 2:
-        return float(work[middle])
-    return float((work[middle] + work[middle + 1 :].min()) / np.float32(2))
 
 
 def _percentiles(values: np.ndarray, percents: tuple[float, ...]) -> np.ndarray:
