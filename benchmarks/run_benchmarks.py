@@ -34,20 +34,31 @@ THEIRS = ROOT / ".venv-soxspipe" / "bin" / "soxspipe"
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of process ``pid``, from each of its threads' ``children`` file (Linux ≥ 3.5)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(child) for child in handle.read().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def _tree_rss_mb(root: int) -> float:
-    """Summed resident memory (MB) of process ``root`` and all its descendants."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
+    """Summed resident memory (MB) of process ``root`` and all its descendants.
+
+    Walking the ``children`` files costs ~0.1 ms a sample; scanning every process in /proc cost
+    ~2 ms, CPU taken from the measured tool every 10 ms.
+    """
     members, frontier = {root}, [root]
     while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in members]
+        children = [pid for pid in _children(frontier.pop()) if pid not in members]
         members.update(children)
         frontier += children
     total = 0.0
