@@ -161,10 +161,11 @@ def interval_mask(start: np.ndarray, stop: np.ndarray, n_a: int) -> np.ndarray:
     first = np.clip(start, 0, n_a).astype(np.int64)
     last = np.clip(stop, 0, n_a).astype(np.int64)
     kept = last > first
-    rows = np.broadcast_to(np.arange(n_rows), first.shape)[kept]
+    row_starts = np.broadcast_to(np.arange(n_rows) * (n_a + 1), first.shape)[kept]
     steps = np.zeros((n_rows, n_a + 1), dtype=np.int16)
-    np.add.at(steps, (rows, first[kept]), 1)
-    np.add.at(steps, (rows, last[kept]), -1)
+    # flat indices and values of the array's own type take numpy's fast path (~30x faster than 2-D, int)
+    np.add.at(steps.reshape(-1), row_starts + first[kept], np.int16(1))
+    np.add.at(steps.reshape(-1), row_starts + last[kept], np.int16(-1))
     np.cumsum(steps, axis=1, dtype=np.int16, out=steps)
     return steps[:, :n_a] > 0
 

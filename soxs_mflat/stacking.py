@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
+from itertools import pairwise
 from typing import Any
 
 import bottleneck as bn
@@ -294,22 +296,31 @@ def sigma_clipped_stack(
     clipped. Row blocks small enough to stay in cache are shared among ``workers`` threads.
     """
     n_rows, n_cols = cube.frame_shape
-    data = np.full((n_rows, n_cols), np.nan, dtype=np.float32)
-    uncertainty = np.full((n_rows, n_cols), np.nan, dtype=np.float32)
+    allocate = np.empty if where is None else partial(np.full, fill_value=np.nan)
+    data = allocate((n_rows, n_cols), dtype=np.float32)
+    uncertainty = allocate((n_rows, n_cols), dtype=np.float32)
     n_used = np.zeros((n_rows, n_cols), dtype=np.uint16)
     block = _Block(cube, noise, np.float32(sigma), iterations, where)
-    step = max(1, CHUNK_PIXELS // max(n_cols, 1))
-    blocks = [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
     outputs = (data, uncertainty, n_used)
+    blocks = _row_blocks(n_rows, n_cols, where)
     if workers > 1 and len(blocks) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             n_clipped = sum(pool.map(lambda rows: block.combine(rows, outputs), blocks))
     else:
         n_clipped = sum(block.combine(rows, outputs) for rows in blocks)
-    mask = n_used == 0
-    data[mask] = np.nan
-    uncertainty[mask] = np.nan
-    return StackResult(data, uncertainty, mask, n_used, int(n_clipped))
+    return StackResult(data, uncertainty, n_used == 0, n_used, int(n_clipped))
+
+
+def _row_blocks(n_rows: int, n_cols: int, where: np.ndarray | None) -> list[slice]:
+    """Row blocks of about ``CHUNK_PIXELS`` pixels to stack, counting only the pixels ``where`` if given
+    (a sparse selection then takes a few blocks instead of one per ``CHUNK_PIXELS`` of frame)."""
+    if where is None:
+        step = max(1, CHUNK_PIXELS // max(n_cols, 1))
+        return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
+    selected = np.cumsum(np.count_nonzero(where, axis=1))
+    ends = np.searchsorted(selected, np.arange(CHUNK_PIXELS, selected[-1] if n_rows else 0, CHUNK_PIXELS), side="right")
+    edges = [0, *sorted(set(ends.tolist()) - {0, n_rows}), n_rows]
+    return [slice(start, stop) for start, stop in pairwise(edges)]
 
 
 @dataclass(frozen=True)
