@@ -11,6 +11,7 @@ average down in the stack).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,23 @@ class Calibration:
             return self
         factor = np.float32(scale)
         return Calibration(self.data * factor, self.uncertainty * factor, self.mask, self.exptime * scale)
+
+
+def lowest_dark(darks: Sequence[Calibration]) -> Calibration:
+    """The per-pixel lowest of ``darks`` (scaled alike), with the uncertainty of the dark it came from and
+    the masks OR-ed: the image in which to look for hot pixels when each flat has its own dark.
+
+    A hot pixel is high in every dark; a cosmic ray or a noise spike in one of them is not.
+    """
+    if len(darks) == 1:
+        return darks[0]
+    data, uncertainty, mask = darks[0].data.copy(), darks[0].uncertainty.copy(), darks[0].mask.copy()
+    for dark in darks[1:]:
+        lower = dark.data < data
+        np.copyto(data, dark.data, where=lower)
+        np.copyto(uncertainty, dark.uncertainty, where=lower)
+        mask |= dark.mask
+    return Calibration(data, uncertainty, mask, darks[0].exptime)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class ProductPaths:
     def order_table(self, lamp: str = "") -> Path:
         """The order-location table name of spec §5.4; never the master flat's path."""
         name = f"{self.stem}.fits".replace("MFLAT", "FLAT").upper().replace("FLAT", "OLOC").replace(".FITS", ".fits")
-        if name == f"{self.stem}.fits":
+        if name.lower() == f"{self.stem}.fits".lower():  # the same file on a case-insensitive file system
             name = f"{self.stem}_OLOC.fits"
         return self.products_dir / name.replace(".fits", f"{_tag(lamp)}.fits")
 

@@ -28,6 +28,7 @@ from soxs_mflat.detrend import (
     bias_detrending,
     dark_detrending,
     dark_scale,
+    lowest_dark,
     nearest_in_time,
 )
 from soxs_mflat.errors import UserInputError
@@ -167,6 +168,9 @@ class MasterFlatRecipe:
         handler = logging.StreamHandler(self.log_buffer)
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         LOGGER.addHandler(handler)
+        level = LOGGER.level
+        if LOGGER.getEffectiveLevel() > logging.INFO:  # a host application's logging must not empty the product log
+            LOGGER.setLevel(logging.INFO)
         paths: ProductPaths | None = None
         try:
             inputs, settings = self._verified_inputs()
@@ -185,6 +189,7 @@ class MasterFlatRecipe:
             raise
         finally:
             LOGGER.removeHandler(handler)
+            LOGGER.setLevel(level)
             self._discard_plots()
             self._side_thread.shutdown()
         elapsed = time.monotonic() - started
@@ -351,6 +356,25 @@ class MasterFlatRecipe:
                     ", ".join(inputs.darks[i].path.name for i in chosen))
         return darks, chosen, len(set(chosen)) == 1
 
+    def _hot_search_dark(self, inputs: VerifiedInputs, lamp_set: LampSet, darks: list[Calibration], dark_index: list[int],
+                         shared_dark: bool, static_mask: np.ndarray | None, fitted_axis: str, settings: Settings,
+                         ) -> Calibration:
+        """The dark in which to look for hot pixels (scaled to the flats' exposure).
+
+        The dark every flat shares; else, when each flat has its nearest dark, the clipped mean of all
+        the darks (as in the combined mode: cosmic rays clipped, noise down by √n), or with only two
+        the per-pixel lowest of them (a mean of two would keep their cosmic rays).
+        """
+        if shared_dark:
+            return darks[dark_index[0]]
+        if len(inputs.darks) >= 3:
+            combined = self._combined_dark(inputs, static_mask, fitted_axis, settings)
+            LOGGER.info("Hot pixels searched in the clipped mean of the %d darks", len(inputs.darks))
+            return combined.scaled(dark_scale(instrument=inputs.instrument, flat_exptime=lamp_set.exptime,
+                                              dark_exptime=combined.exptime))
+        LOGGER.info("Hot pixels searched in the per-pixel lowest of the %d darks", len(darks))
+        return lowest_dark(darks)
+
     def _combined_dark(self, inputs: VerifiedInputs, static_mask: np.ndarray | None, fitted_axis: str,
                        settings: Settings) -> Calibration:
         """Clipped mean of the lamp-off/dark frames: a cleaner dark than any single one.
@@ -451,14 +475,12 @@ class MasterFlatRecipe:
         fit = _fit_edges(detections, arm, binning_ab)
         table = edges.order_location_table(centres, fit, detections, shape_ba=frame_ba, binning_ab=binning_ab)
         bounds = order_bounds(table, frame_ba, binning_ab)
-        shared = darks[dark_index[0]] if shared_dark else None
         frame_hot = None
-        if bias is not None or shared is not None:  # needs no flat: runs beside the scattered-light fit
-            frame_hot = self._side_thread.submit(
-                badpixels.calibration_hot_pixels, bounds, frame_ba, hot_sigma=arm.hot_pixel_clipping_sigma,
-                dark_ba=None if shared is None else shared.data, dark_err_ba=None if shared is None else shared.uncertainty,
-                bias_ba=None if bias is None else bias.data, bias_err_ba=None if bias is None else bias.uncertainty,
-                input_mask_ba=flat_mask)
+        if bias is not None or darks:  # needs no flat: runs beside the scattered-light fit
+            hot_dark = None if not darks else partial(self._hot_search_dark, inputs, lamp_set, darks, dark_index,
+                                                      shared_dark, static_mask, fitted_axis, settings)
+            frame_hot = self._side_thread.submit(_calibration_hot_pixels, bounds, frame_ba, flat_mask, bias, hot_dark,
+                                                 hot_sigma=arm.hot_pixel_clipping_sigma)
         plot_lamp = lamp_set.lamp if len(inputs.lamp_sets) > 1 else ""
         locations_drawn = self._plot("ORD_LOC", plot_lamp, partial(
             plots.order_location_figure, flat, detections, fit, table, binning_ab=binning_ab,
@@ -483,8 +505,8 @@ class MasterFlatRecipe:
 
     def _flag_and_fill(self, flat: np.ndarray, uncertainty: np.ndarray, input_mask: np.ndarray, bounds: OrderBounds,
                        arm: ArmSettings, *, frame_hot: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Flag bad pixels (``frame_hot``: the pixels found hot in the bias or in the one dark shared by every
-        flat, see :func:`badpixels.calibration_hot_pixels`) and set the inter-order FLUX to 1.0."""
+        """Flag bad pixels (``frame_hot``: the pixels found hot in the bias or in the darks, see
+        :func:`badpixels.calibration_hot_pixels` and :func:`lowest_dark`) and set the inter-order FLUX to 1.0."""
         bad = badpixels.find_bad_pixels(
             flat,
             uncertainty,
@@ -691,6 +713,18 @@ def _draw(describe: Callable[[], plots.OrderLocationFigure | plots.BackgroundFig
     """Describe a QC figure and draw it into ``temporary`` (on the side thread)."""
     temporary.parent.mkdir(parents=True, exist_ok=True)
     plots.render(describe(), temporary)
+
+
+def _calibration_hot_pixels(bounds: OrderBounds, frame_ba: tuple[int, int], input_mask: np.ndarray,
+                            bias: Calibration | None, dark: Callable[[], Calibration] | None, *,
+                            hot_sigma: float) -> np.ndarray:
+    """:func:`badpixels.calibration_hot_pixels` in ``bias`` and in the dark ``dark()`` makes (on the side thread)."""
+    dark_frame = None if dark is None else dark()
+    return badpixels.calibration_hot_pixels(
+        bounds, frame_ba, hot_sigma=hot_sigma, input_mask_ba=input_mask,
+        dark_ba=None if dark_frame is None else dark_frame.data,
+        dark_err_ba=None if dark_frame is None else dark_frame.uncertainty,
+        bias_ba=None if bias is None else bias.data, bias_err_ba=None if bias is None else bias.uncertainty)
 
 
 def _remove(path: Path) -> None:

@@ -100,6 +100,7 @@ def test_products_layout(reduced) -> None:
         assert ("degy_cent" in hdus[1].columns.names) == (SETS[name][:2] != ("soxs", "NIR"))
     log = (products / f"{stem}.log").read_text().strip().splitlines()
     assert log[-1].startswith("Recipe Command: soxspipe -x mflat ")
+    assert any(line.startswith("INFO: Stacked: ") for line in log)  # whatever logging the host set up
     qc_dir = products.parents[1] / "qc" / "soxs_mflat"
     assert (qc_dir / f"{stem}_ORD_LOC.pdf").stat().st_size > 10_000
     lamps = ("_DLAMP", "_QLAMP") if arm == "UVB" else ("",)
@@ -120,3 +121,20 @@ def test_rerun_refused_without_overwrite(reduced, capsys) -> None:
     assert status == 2
     assert "already exist" in error and str(flat_path) in error and "Traceback" not in error
     assert flat_path.stat().st_mtime_ns == before
+
+
+def test_nearest_darks_still_give_the_hot_pixels(tmp_path) -> None:
+    """With fewer lamp-off frames than flats each flat gets its nearest one; the hot pixels are then
+    looked for in the clipped mean of all of them (before, not at all: recall 0 on this set)."""
+    made = simulate_set(tmp_path / "raw", instrument="soxs", arm="NIR")
+    lines = [line for line in made.sof.read_text().splitlines() if "FLAT_OFF_02" not in line and "FLAT_OFF_04" not in line]
+    sof = made.sof.with_name(f"{made.sof.stem}_3OFF.sof")
+    sof.write_text("\n".join(lines) + "\n")
+    assert main(["mflat", str(sof), "-o", str(tmp_path / "out"), "-s", str(made.settings)]) == 0
+    products = tmp_path / "out" / "products" / "soxs_mflat"
+    log = next(products.glob("*.log")).read_text()
+    assert "nearest in MJD-OBS for each flat (3 darks for 5 flats)" in log
+    assert "Hot pixels searched in the clipped mean of the 3 darks" in log
+    result = score(products, made.truth_dir)
+    assert result["mask_recall"]["hot_detectable"] >= 0.99, result["mask_recall"]
+    assert result["mask_precision"] >= 0.99, result["mask_precision"]

@@ -98,8 +98,9 @@ def test_product_names_never_collide() -> None:
     assert organiser.order_table().name == "20250125T023824_NIR_1X1_3_OLOC_QTH_SLIT1_5_10_0S_SOXS.fits"
     assert organiser.master_flat().parent == Path("/w/products/soxs_mflat")
     assert organiser.order_location_plot().parent == Path("/w/qc/soxs_mflat")
-    hazard = product_paths(stem="MYSET", root=Path("/w"), instrument="soxs")
-    assert hazard.order_table() != hazard.master_flat()
+    for stem in ("MYSET", "myset", "my_mflat_set"):
+        hazard = product_paths(stem=stem, root=Path("/w"), instrument="soxs")
+        assert hazard.order_table().name.lower() != hazard.master_flat().name.lower()
     uvb = product_paths(stem="20250125T023824_UVB_1X1_FAST_MFLAT_SLIT1_0_10_0S_XSHOOTER", root=Path("/w"), instrument="xsh")
     assert uvb.order_table("DLAMP").name.endswith("_OLOC_SLIT1_0_10_0S_XSHOOTER_DLAMP.fits")
     assert len({uvb.master_flat(), uvb.master_flat("DLAMP"), uvb.master_flat("QLAMP"), uvb.order_table(),

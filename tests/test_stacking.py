@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from soxs_mflat.detrend import Calibration, NoiseModel, bias_detrending, dark_detrending, dark_scale, nearest_in_time
+from soxs_mflat.detrend import (
+    Calibration,
+    NoiseModel,
+    bias_detrending,
+    dark_detrending,
+    dark_scale,
+    lowest_dark,
+    nearest_in_time,
+)
 from soxs_mflat.robust import MAD_TO_SIGMA, partition_median
 from soxs_mflat.stacking import (
     MAX_SPREAD_RATIO,
@@ -212,3 +220,21 @@ def test_band_sample_spreads_at_most_the_requested_pixels_over_the_band() -> Non
     rows = np.flatnonzero(sample.any(axis=1))
     assert rows[0] < 10 and rows[-1] > 390  # spread over the whole band, not its start
     assert np.array_equal(band_sample(band, max_pixels=band.size), band)
+
+
+def test_lowest_dark_keeps_hot_pixels_and_drops_single_frame_spikes() -> None:
+    rng = np.random.default_rng(8)
+    darks = []
+    for _ in range(3):
+        data = rng.normal(100.0, 3.0, (20, 30)).astype(np.float32)
+        data[5, 5] += 500.0  # hot: in every dark
+        darks.append(Calibration(data, np.full(data.shape, 3.0 + _, np.float32), np.zeros(data.shape, bool), 10.0))
+    darks[1].data[7, 9] += 3000.0  # a cosmic ray in one dark
+    darks[2].mask[0, 0] = True
+    lowest = lowest_dark(darks)
+    assert lowest.data[5, 5] > 500.0 and lowest.data[7, 9] < 120.0
+    np.testing.assert_array_equal(lowest.data, np.minimum.reduce([d.data for d in darks]))
+    chosen = np.argmin([d.data for d in darks], axis=0)
+    np.testing.assert_array_equal(lowest.uncertainty, np.float32(3.0) + chosen)
+    assert lowest.mask[0, 0] and lowest.mask.sum() == 1
+    assert lowest_dark(darks[:1]) is darks[0]
