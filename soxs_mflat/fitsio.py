@@ -32,6 +32,8 @@ IMAGE_TYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 TABLE_TYPES = {"L": "S1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8", "A": "S"}
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x1f\x9d", b"BZh", b"PK\x03\x04", b"\xfd7zXZ\x00")
 INTEGER = re.compile(r"[+-]?\d+")
+WRITE_BLOCK_BYTES = 1 << 20
+"""Images are converted to FITS order and written this much at a time."""
 CHECKSUM_EXCLUDED = frozenset([*range(0x3A, 0x41), *range(0x5B, 0x61)])
 
 
@@ -504,23 +506,36 @@ def write_fits(path: Path, hdus: Sequence[HDU], *, checksum: bool = True) -> Non
     """Write ``hdus`` to ``path`` (first one primary), with CHECKSUM/DATASUM cards if ``checksum``.
 
     The storage cards (SIMPLE/XTENSION, BITPIX, NAXISn, table columns …) are made from the data;
-    such cards in the given headers are dropped.
+    such cards in the given headers are dropped. Images may be any view (transposed, native byte
+    order, bool): they are converted to FITS order block by block while written and summed, so no
+    full-size copy is made; the header, written first with placeholder checksums, is then rewritten.
     """
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
     with open(path, "wb") as handle:
         for position, hdu in enumerate(hdus):
-            data = _fits_data(hdu.data)
-            header = _storage_header(hdu, data, primary=position == 0, extend=len(hdus) > 1)
+            dtype = None if hdu.data is None else fits_dtype(hdu.data.dtype)
+            shape = () if hdu.data is None else hdu.data.shape
+            header = _storage_header(hdu, dtype, shape, primary=position == 0, extend=len(hdus) > 1)
             if checksum:
-                data_sum = _checksum32(data)
                 header["CHECKSUM"] = ("0" * 16, f"HDU checksum updated {stamp}")
-                header["DATASUM"] = (str(data_sum), f"data unit checksum updated {stamp}")
+                header["DATASUM"] = ("0", f"data unit checksum updated {stamp}")
+            header_offset = handle.tell()
+            handle.write(_header_bytes(header))
+            data_sum = n_bytes = 0
+            for block in _fits_blocks(hdu.data, dtype):
+                raw = _as_bytes(block)
+                handle.write(raw)
+                data_sum = _add32(data_sum, _checksum32(raw)) if checksum else 0
+                n_bytes += raw.size
+            handle.write(b"\0" * (-n_bytes % BLOCK))
+            if checksum:
+                header["DATASUM"] = str(data_sum)
                 total = _add32(_checksum32(np.frombuffer(_header_bytes(header), np.uint8)), data_sum)
                 header["CHECKSUM"] = encode_checksum(total)
-            handle.write(_header_bytes(header))
-            if data is not None:
-                handle.write(_as_bytes(data))
-                handle.write(b"\0" * (-data.nbytes % BLOCK))
+                end = handle.tell()
+                handle.seek(header_offset)
+                handle.write(_header_bytes(header))  # the same length: only the two values changed
+                handle.seek(end)
 
 
 def _header_bytes(header: Header) -> bytes:
@@ -533,40 +548,50 @@ def _as_bytes(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
 
 
-def _fits_data(data: np.ndarray | None) -> np.ndarray | None:
-    """``data`` contiguous in FITS byte order (bool as uint8), or None."""
+def fits_dtype(dtype: np.dtype) -> np.dtype:
+    """The type ``dtype`` is stored as: big-endian, bool as uint8, table fields big-endian."""
+    if dtype.names is not None:
+        return np.dtype({"names": dtype.names, "formats": [dtype[name].newbyteorder(">") for name in dtype.names]})
+    if dtype.kind == "b":
+        return np.dtype(np.uint8)
+    if (dtype.kind == "u" and dtype.itemsize > 1) or (dtype.kind == "i" and dtype.itemsize == 1):
+        raise ValueError(f"{dtype} images need BZERO scaling, which this writer does not do")
+    return dtype.newbyteorder(">")
+
+
+def _fits_blocks(data: np.ndarray | None, dtype: np.dtype | None) -> Iterator[np.ndarray]:
+    """``data`` converted to ``dtype`` in C order, ~``WRITE_BLOCK_BYTES`` of rows at a time; every block
+    but the last a multiple of 4 bytes, so that the blocks' checksums add up to the whole one's."""
     if data is None:
-        return None
-    if data.dtype.names is not None:
-        big = np.dtype({"names": data.dtype.names,
-                        "formats": [data.dtype[name].newbyteorder(">") for name in data.dtype.names]})
-        return np.ascontiguousarray(data.astype(big, copy=False))
-    if data.dtype == bool:
-        return np.ascontiguousarray(data).view(np.uint8)
-    if (data.dtype.kind == "u" and data.dtype.itemsize > 1) or (data.dtype.kind == "i" and data.dtype.itemsize == 1):
-        raise ValueError(f"{data.dtype} images need BZERO scaling, which this writer does not do")
-    return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder(">"))
+        return
+    if data.ndim != 2 or data.dtype.names is not None:
+        yield np.ascontiguousarray(data.astype(dtype, copy=False))
+        return
+    row_bytes = max(data.shape[1] * dtype.itemsize, 1)
+    rows = max(4, WRITE_BLOCK_BYTES // row_bytes // 4 * 4)
+    for start in range(0, data.shape[0], rows):
+        yield np.ascontiguousarray(data[start : start + rows], dtype=dtype)
 
 
-def _storage_header(hdu: HDU, data: np.ndarray | None, *, primary: bool, extend: bool) -> Header:
-    """``hdu``'s header behind the storage cards its data needs (``EXTEND`` if extensions follow)."""
+def _storage_header(hdu: HDU, dtype: np.dtype | None, shape: tuple[int, ...], *, primary: bool, extend: bool) -> Header:
+    """``hdu``'s header behind the storage cards its data (stored as ``dtype``) needs (``EXTEND`` if
+    extensions follow)."""
     cards: list[tuple] = [("SIMPLE", True, "conforms to FITS standard")] if primary else []
-    if data is not None and data.dtype.names is not None:
+    if dtype is not None and dtype.names is not None:
         if primary:
             raise ValueError("a binary table cannot be the primary HDU")
         cards += [("XTENSION", "BINTABLE", "binary table extension"), ("BITPIX", 8, "array data type"),
-                  ("NAXIS", 2, "number of array dimensions"), ("NAXIS1", data.dtype.itemsize, "length of dimension 1"),
-                  ("NAXIS2", len(data), "length of dimension 2"), ("PCOUNT", 0, "number of group parameters"),
-                  ("GCOUNT", 1, "number of groups"), ("TFIELDS", len(data.dtype.names), "number of table fields")]
-        for column, name in enumerate(data.dtype.names, start=1):
-            cards += [(f"TTYPE{column}", name), (f"TFORM{column}", _table_format(data.dtype[name]))]
+                  ("NAXIS", 2, "number of array dimensions"), ("NAXIS1", dtype.itemsize, "length of dimension 1"),
+                  ("NAXIS2", shape[0], "length of dimension 2"), ("PCOUNT", 0, "number of group parameters"),
+                  ("GCOUNT", 1, "number of groups"), ("TFIELDS", len(dtype.names), "number of table fields")]
+        for column, name in enumerate(dtype.names, start=1):
+            cards += [(f"TTYPE{column}", name), (f"TFORM{column}", _table_format(dtype[name]))]
     else:
         if not primary:
             cards.append(("XTENSION", "IMAGE", "Image extension"))
-        bitpix = 8 if data is None else {v: k for k, v in IMAGE_TYPES.items()}.get(data.dtype.str.lstrip("|"))
+        bitpix = 8 if dtype is None else {v: k for k, v in IMAGE_TYPES.items()}.get(dtype.str.lstrip("|"))
         if bitpix is None:
-            raise ValueError(f"{data.dtype} cannot be written as a FITS image")
-        shape = () if data is None else data.shape
+            raise ValueError(f"{dtype} cannot be written as a FITS image")
         cards += [("BITPIX", bitpix, "array data type"), ("NAXIS", len(shape), "number of array dimensions")]
         cards += [(f"NAXIS{axis}", length) for axis, length in enumerate(reversed(shape), start=1)]
         if primary:

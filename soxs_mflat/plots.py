@@ -18,6 +18,8 @@ from soxs_mflat.pdfpage import TAB10, Axes, Page, colour_image, hex_colour, text
 
 MAX_IMAGE_SIDE = 800
 """Largest side (px) of an image shown on a QC page; larger images are block-averaged first."""
+BAND_PIXELS = 1 << 20
+"""Pixels block-averaged at a time (see :func:`block_average`)."""
 MAX_TRACE_POINTS = 300
 """Samples along each order of a filled order outline."""
 
@@ -99,26 +101,50 @@ def image_limits(image: np.ndarray, *, low: float = 1.0, high: float = 99.5) -> 
     return float(vmin), float(max(vmax, vmin + 1e-6))
 
 
-def block_average(image: np.ndarray, *, max_side: int = MAX_IMAGE_SIDE) -> tuple[np.ndarray, tuple[float, ...]]:
+def block_average(
+    image: np.ndarray,
+    *,
+    max_side: int = MAX_IMAGE_SIDE,
+    transpose: bool = False,
+    where: np.ndarray | None = None,
+    plus: np.ndarray | None = None,
+) -> tuple[np.ndarray, tuple[float, ...]]:
     """``image`` averaged in square blocks to at most ``max_side`` pixels a side, and its extent.
 
     A QC page cannot show more pixels than that; averaging first keeps the PDF small and fast. NaNs
-    are skipped (a block's value is the mean of its rows' means, close enough for display).
+    are skipped (a block's value is the mean of its rows' means, close enough for display). The image
+    may be restricted to the pixels ``where`` (NaN elsewhere) and added to ``plus``; ``transpose``
+    returns the result in the other orientation. The work goes ``BAND_PIXELS`` of the image at a
+    time, so that no full-size temporary is made (figures are drawn beside the bad-pixel search, the
+    recipe's peak of memory).
     """
     factor = max(1, int(np.ceil(max(image.shape) / max_side)))
     rows, cols = image.shape
-    image = np.asarray(image, dtype=np.float32)
     if factor > 1:
-        image = image[: rows - rows % factor or rows, : cols - cols % factor or cols]
-        rows, cols = image.shape
-        along_rows = bn.nanmean(image.reshape(rows, cols // factor, factor), axis=2)
-        image = bn.nanmean(along_rows.reshape(rows // factor, factor, cols // factor), axis=1)
-    return image, (-0.5, cols - 0.5, -0.5, rows - 0.5)
+        rows, cols = rows - rows % factor or rows, cols - cols % factor or cols
+    out = np.empty((rows // factor, cols // factor), dtype=np.float32)
+    step = factor * max(1, BAND_PIXELS // (factor * max(cols, 1)))
+    for start in range(0, rows, step):
+        band_rows = slice(start, min(start + step, rows))
+        band = np.asarray(image[band_rows, :cols], dtype=np.float32)
+        if where is not None:
+            band = np.where(where[band_rows, :cols], band, np.float32(np.nan))
+        if plus is not None:
+            band = band + plus[band_rows, :cols]
+        if factor > 1:
+            n_rows = band.shape[0]
+            along_rows = bn.nanmean(band.reshape(n_rows, cols // factor, factor), axis=2)
+            band = bn.nanmean(along_rows.reshape(n_rows // factor, factor, cols // factor), axis=1)
+        out[start // factor : start // factor + band.shape[0]] = band
+    if transpose:
+        return np.ascontiguousarray(out.T), (-0.5, rows - 0.5, -0.5, cols - 0.5)
+    return out, (-0.5, cols - 0.5, -0.5, rows - 0.5)
 
 
-def reduced_image(image: np.ndarray, *, limits: tuple[float, float] | None = None) -> Image:
-    """An :class:`Image` of ``image`` with percentile display limits unless ``limits`` are given."""
-    pixels, extent = block_average(image)
+def reduced_image(image: np.ndarray, *, limits: tuple[float, float] | None = None, **options: object) -> Image:
+    """An :class:`Image` of ``image`` (see :func:`block_average` for ``options``) with percentile display
+    limits unless ``limits`` are given."""
+    pixels, extent = block_average(image, **options)
     vmin, vmax = limits if limits is not None else image_limits(pixels)
     return Image(pixels, extent, vmin, vmax)
 
@@ -141,12 +167,11 @@ def order_location_figure(
     """
     a_bin, b_bin = binning_ab
     n_b = flat_ba.shape[0]
-    frame = flat_ba if fitted_axis == "x" else flat_ba.T
 
     def xy(a: np.ndarray, b: np.ndarray) -> Points:
         return Points(a, b) if fitted_axis == "x" else Points(b, a)
 
-    image = reduced_image(frame)
+    image = reduced_image(flat_ba, transpose=fitted_axis != "x")
     image = replace(image, vmin=max(image.vmin, 0.0))
     used_low = detections.valid_low & ~fit.clipped_low
     used_up = detections.valid_up & ~fit.clipped_up
@@ -206,20 +231,17 @@ def background_figure(subtracted_ba: np.ndarray, model: object, *, fitted_axis: 
     n_b = subtracted_ba.shape[0]
     middle = n_b // 2
 
-    def frame(image: np.ndarray) -> np.ndarray:
-        return image if fitted_axis == "x" else image.T
-
-    pixels, extent = block_average(frame(model.model))
+    transpose = fitted_axis != "x"
+    pixels, extent = block_average(model.model, transpose=transpose)
     vmin, vmax = image_limits(pixels, low=0.5, high=99.5)
     vmin = min(vmin, 0.0)
     model_image = Image(pixels, extent, vmin, vmax)
     spread = 5.0 * model.residual_sigma if np.isfinite(model.residual_sigma) else 1.0
     spread = max(spread, 1e-6)
-    on_fitted = np.where(model.fitted_pixels, subtracted_ba, np.float32(np.nan))
-    residual_image = reduced_image(frame(on_fitted), limits=(-spread, spread))
-    on_fitted += model.model
-    fitted_image = reduced_image(frame(on_fitted), limits=(vmin, vmax))
-    del on_fitted
+    residual_image = reduced_image(subtracted_ba, limits=(-spread, spread), transpose=transpose,
+                                   where=model.fitted_pixels)
+    fitted_image = reduced_image(subtracted_ba, limits=(vmin, vmax), transpose=transpose, where=model.fitted_pixels,
+                                 plus=model.model)
 
     rows = slice(max(middle - 2, 0), middle + 3)
     with warnings.catch_warnings():

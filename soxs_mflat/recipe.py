@@ -487,26 +487,33 @@ class MasterFlatRecipe:
             fitted_axis=fitted_axis, title=f"{inputs.arm}{tag} order edges"))
 
         model = None
+        reading_flat = locations_drawn  # a figure reading the flat: the flat may change only once it is done
         if settings.subtract_background:
             LOGGER.info("Fitting scattered light%s", tag)
             fitted = background.fit_scattered_light(flat, bounds, bspline_deg=settings.bspline_deg,
                                                     gaussian_blur_sigma=settings.gaussian_blur_sigma)
             model = fitted.model
-            wait([locations_drawn])  # the edge figure reads the flat, which changes now
+            wait([reading_flat])
             flat -= model
-            self._plot("BKGROUND", plot_lamp, partial(plots.background_figure, flat, fitted, fitted_axis=fitted_axis,
-                                                      title=f"{inputs.arm}{tag}"))
+            reading_flat = self._plot("BKGROUND", plot_lamp, partial(
+                plots.background_figure, flat, fitted, fitted_axis=fitted_axis, title=f"{inputs.arm}{tag}"))
         data, mask, counts = self._flag_and_fill(flat, uncertainty, flat_mask, bounds, arm,
-                                                 frame_hot=None if frame_hot is None else frame_hot.result())
+                                                 frame_hot=None if frame_hot is None else frame_hot.result(),
+                                                 reading_flat=reading_flat)
         del flat, flat_mask
         qc = self._lamp_qc(first_levels.ordexp, fit, counts, lamp_set, inputs, arm)
         header = lamp_set.flats[0].header
         return LampResult(lamp_set.lamp, data, uncertainty, mask, table, centres, model, qc, header, detections)
 
     def _flag_and_fill(self, flat: np.ndarray, uncertainty: np.ndarray, input_mask: np.ndarray, bounds: OrderBounds,
-                       arm: ArmSettings, *, frame_hot: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, dict]:
+                       arm: ArmSettings, *, frame_hot: np.ndarray | None, reading_flat: Future,
+                       ) -> tuple[np.ndarray, np.ndarray, dict]:
         """Flag bad pixels (``frame_hot``: the pixels found hot in the bias or in the darks, see
-        :func:`badpixels.calibration_hot_pixels` and :func:`lowest_dark`) and set the inter-order FLUX to 1.0."""
+        :func:`badpixels.calibration_hot_pixels` and :func:`lowest_dark`) and set the inter-order FLUX to 1.0.
+
+        The flat becomes the FLUX in place (one frame less at the recipe's peak of memory) once
+        ``reading_flat``, the figure that reads it, is drawn.
+        """
         bad = badpixels.find_bad_pixels(
             flat,
             uncertainty,
@@ -520,13 +527,16 @@ class MasterFlatRecipe:
         )
         inside = inside_orders(bounds, flat.shape)
         mask = (input_mask | bad.mask) & inside
-        data = np.asarray(np.where(inside, flat, np.float32(1.0)), dtype=np.float32)
-        data[~np.isfinite(data)] = np.float32(1.0)
         LOGGER.info("Bad pixels newly flagged: %s", ", ".join(f"{k} {v}" for k, v in bad.counts.items()))
         counts: dict[str, float] = dict(badpixels.bad_pixel_qc(bad, mask))
         good_values = flat[inside & ~mask & np.isfinite(flat)]
         counts["INNER ORDER PIX MEAN"] = round(float(np.mean(good_values)), 3)
         counts["INNER ORDER PIX SUM"] = round(float(np.sum(good_values)), 3)
+        del good_values
+        wait([reading_flat])
+        data = flat
+        np.copyto(data, np.float32(1.0), where=~inside)
+        data[~np.isfinite(data)] = np.float32(1.0)
         return data, mask, counts
 
     def _lamp_qc(self, ordexp: tuple[float, float, float], fit: edges.EdgeFit, counts: dict, lamp_set: LampSet,
@@ -581,8 +591,11 @@ class MasterFlatRecipe:
                                           scale_d2_to_qth=arm.scale_d2_to_qth)
         LOGGER.info("Stitched: D2 orders %s, boundary between orders %s, D2 flat divided by %.4f", stitched.d2_orders,
                     stitched.boundary_orders, stitched.scale)
+        locations_drawn = self._plot("ORD_LOC", "", partial(
+            plots.order_location_figure, stitched.data, detections, fit, table, binning_ab=binning_ab,
+            fitted_axis=fitted_axis, title="UVB stitched order edges"))
         data, mask, counts = self._flag_and_fill(stitched.data, stitched.uncertainty, stitched.mask, bounds,
-                                                 arm, frame_hot=None)
+                                                 arm, frame_hot=None, reading_flat=locations_drawn)
         all_flats = LampSet("", tuple(f for s in inputs.lamp_sets for f in s.flats),
                             inputs.lamp_sets[-1].order_table, inputs.lamp_sets[-1].exptime)
         ordexp = tuple(float(r.value) for r in qth.qc if r.name.startswith("ORDEXP"))
@@ -590,9 +603,6 @@ class MasterFlatRecipe:
         model = None
         if d2.background is not None and qth.background is not None:
             model = np.where(stitched.from_d2, d2.background / np.float32(stitched.scale), qth.background)
-        self._plot("ORD_LOC", "", partial(plots.order_location_figure, stitched.data, detections, fit, table,
-                                          binning_ab=binning_ab, fitted_axis=fitted_axis,
-                                          title="UVB stitched order edges"))
         return LampResult("", data, stitched.uncertainty, mask, table, qth.centres, model, qc, qth.header, detections)
 
     # ----------------------------------------------------------------------------------- writing
@@ -623,10 +633,10 @@ class MasterFlatRecipe:
                 bkg_header = header.copy()
                 bkg_header["HIERARCH ESO PRO CATG"] = f"FLAT_BKGROUND_{arm}"
                 bkg_header["EXTNAME"] = "FLUX"
-                bkg = HDU(bkg_header, contiguous(from_ba(result.background, fitted_axis), ">f4"))
+                bkg = HDU(bkg_header, from_ba(result.background, fitted_axis))  # converted while written
                 background_written = self._side_thread.submit(write_hdus, [bkg], paths.background(lamp))
-            flux, errs = (contiguous(from_ba(image, fitted_axis), ">f4") for image in (result.data, result.uncertainty))
-            flat_path = write_hdus(image_hdus(flux, contiguous(from_ba(result.mask, fitted_axis)), errs, header),
+            flux, mask, errs = (from_ba(image, fitted_axis) for image in (result.data, result.mask, result.uncertainty))
+            flat_path = write_hdus(image_hdus(flux, mask, errs, header),
                                       paths.master_flat(lamp))
             lamp_records.append(
                 ProductRecord(f"MFLAT{suffix}", flat_path, "FITS", "PROD", f"{arm} master spectroscopic flat frame")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from synthetic import synthetic_flat
 
+from soxs_mflat import plots
 from soxs_mflat.background import fit_scattered_light
 from soxs_mflat.edges import detect_edges, fit_edges, order_location_table
 from soxs_mflat.footprints import order_bounds
@@ -61,6 +62,22 @@ def test_block_average_keeps_pages_small() -> None:
     assert pixels.shape == (800, 400) and extent == (-0.5, 1999.5, -0.5, 3999.5)
     assert np.isfinite(pixels).all() and np.nanmin(image[:5, :5]) < pixels[0, 0] < np.nanmax(image[:5, :5])
     assert pixels[100, 100] == pytest.approx(image[500:505, 500:505].mean())
+
+
+def test_block_average_by_bands_equals_the_whole_image_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(6)
+    image = rng.normal(size=(1703, 950)).astype(np.float32)
+    image[rng.random(image.shape) < 0.01] = np.nan
+    where = rng.random(image.shape) < 0.7
+    plus = rng.normal(size=image.shape).astype(np.float32)
+    whole, extent = block_average(np.where(where, image, np.float32(np.nan)) + plus, max_side=400)
+    monkeypatch.setattr(plots, "BAND_PIXELS", 5000)
+    banded, banded_extent = block_average(image, max_side=400, where=where, plus=plus)
+    np.testing.assert_array_equal(banded, whole)
+    assert banded_extent == extent == (-0.5, 950 - 0.5, -0.5, 1700 - 0.5)
+    transposed, transposed_extent = block_average(image, max_side=400, where=where, plus=plus, transpose=True)
+    np.testing.assert_array_equal(transposed, whole.T)
+    assert transposed_extent == (-0.5, 1700 - 0.5, -0.5, 950 - 0.5)
 
 
 def pdf_objects(data: bytes) -> tuple[dict[int, bytes], list[bytes]]:
