@@ -18,7 +18,7 @@ from soxs_mflat.pdfpage import TAB10, Axes, Page, colour_image, hex_colour, text
 
 MAX_IMAGE_SIDE = 800
 """Largest side (px) of an image shown on a QC page; larger images are block-averaged first."""
-BAND_PIXELS = 1 << 20
+BAND_PIXELS = 1 << 21
 """Pixels block-averaged at a time (see :func:`block_average`)."""
 MAX_TRACE_POINTS = 300
 """Samples along each order of a filled order outline."""
