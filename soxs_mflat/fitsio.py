@@ -292,10 +292,6 @@ class HDU:
     header: Header = field(default_factory=Header)
     data: np.ndarray | None = None
 
-    @property
-    def is_table(self) -> bool:
-        return self.data is not None and self.data.dtype.names is not None
-
 
 @dataclass(frozen=True)
 class _Unit:
