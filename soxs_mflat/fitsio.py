@@ -158,12 +158,6 @@ class Header:
     def cards(self) -> tuple[Card, ...]:
         return tuple(self._cards)
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(card.keyword for card in self._cards)
-
-    def __len__(self) -> int:
-        return len(self._cards)
-
     def tostring(self) -> str:
         """The records, ``END`` and the blank padding to whole 2880-byte blocks."""
         text = "".join(card.text() for card in self._cards) + "END".ljust(CARD)
@@ -610,11 +604,8 @@ def _table_format(dtype: np.dtype) -> str:
     return code
 
 
-def _checksum32(data: np.ndarray | None) -> int:
-    """The 32-bit ones'-complement sum of ``data``'s bytes as big-endian words (zero padding implied)."""
-    if data is None:
-        return 0
-    raw = _as_bytes(data)
+def _checksum32(raw: np.ndarray) -> int:
+    """The 32-bit ones'-complement sum of the bytes ``raw`` as big-endian words (zero padding implied)."""
     whole = raw.size - raw.size % 4
     total = int(raw[:whole].view(">u4").sum(dtype=np.uint64))
     if whole < raw.size:

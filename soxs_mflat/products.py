@@ -218,7 +218,8 @@ def provenance_header(
 def image_hdus(data: np.ndarray, mask: np.ndarray, uncertainty: np.ndarray, header: Header) -> list[HDU]:
     """FLUX (float32) / QUAL (uint8) / ERRS (float32) HDUs (spec §2.3, §5.1).
 
-    Float images already big-endian (FITS order) are written without another copy.
+    float32 images of either byte order and any layout (views included) are passed through as they
+    are: the writer converts them block by block.
     """
     flux_header = header.copy()
     flux_header["EXTNAME"] = "FLUX"

@@ -636,8 +636,7 @@ class MasterFlatRecipe:
                 bkg = HDU(bkg_header, from_ba(result.background, fitted_axis))  # converted while written
                 background_written = self._side_thread.submit(write_hdus, [bkg], paths.background(lamp))
             flux, mask, errs = (from_ba(image, fitted_axis) for image in (result.data, result.mask, result.uncertainty))
-            flat_path = write_hdus(image_hdus(flux, mask, errs, header),
-                                      paths.master_flat(lamp))
+            flat_path = write_hdus(image_hdus(flux, mask, errs, header), paths.master_flat(lamp))
             lamp_records.append(
                 ProductRecord(f"MFLAT{suffix}", flat_path, "FITS", "PROD", f"{arm} master spectroscopic flat frame")
             )
