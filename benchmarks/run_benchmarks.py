@@ -139,13 +139,6 @@ def summary(runs: list[dict]) -> dict:
     }
 
 
-def compile_package() -> None:
-    """Byte-compile soxs_mflat as a regular (non-editable) pip install does, so that no run pays for
-    compiling its modules: with ``PYTHONDONTWRITEBYTECODE`` set, an editable install otherwise
-    recompiles every module at every start (~0.1 s). soxspipe's venv was compiled by pip."""
-    subprocess.run([str(OURS.parent / "python"), "-m", "compileall", "-q", str(ROOT / "soxs_mflat")], check=True)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
@@ -153,7 +146,6 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
-    compile_package()
     report = {}
     for item in args.sets.split(","):
         instrument, arm = item.split(":")

@@ -33,24 +33,12 @@ Options:
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import logging
-import os
 import shlex
 import sys
 import traceback
 from pathlib import Path
-
-# numpy advises the kernel to back large arrays with huge pages; where transparent huge pages are
-# defragmented on demand ("madvise" policy) each fresh frame-sized array then waits for memory
-# compaction, which made first writes into new arrays 5-10x slower on the benchmark machine. Set
-# before numpy is imported; an explicit NUMPY_MADVISE_HUGEPAGE in the environment wins.
-os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
-# The recipe runs its own threads; a multi-threaded BLAS competing with them for
-# the cores stalled matrix products for up to a second on a 2-core machine.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from docopt import DocoptExit, docopt
 
@@ -58,30 +46,6 @@ from soxs_mflat import __version__
 from soxs_mflat.errors import UserInputError
 
 EXIT_USER_ERROR = 2
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-M_ARENA_MAX = -8
-"""glibc's ``mallopt`` parameter numbers for the heap trim and mapping thresholds and the number of heaps."""
-
-
-def _tune_allocator() -> None:
-    """Give every allocation of 8 MB or more (frames and most masks) its own memory mapping, and let
-    the one heap that all threads share keep up to 16 MB of freed memory.
-
-    glibc otherwise raises its mapping threshold to the largest block freed so far (up to 32 MB), after
-    which freed frame-sized temporaries stay in the heap: the peak resident memory of a run was ~25 %
-    higher than what it ever held at once. A mapping is returned when freed, so frames leave the
-    process; the smaller row-block temporaries are reused from the heap instead of being mapped and
-    zeroed afresh each time, which halves the page faults (X-shooter VIS: 0.7 M → 0.33 M, ~0.7 s less
-    kernel time) for ~10 MB more peak memory. With a heap per thread (glibc's default) each would keep
-    its own 16 MB: one heap saves 30-60 MB of peak memory at no measurable cost in time.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(M_MMAP_THRESHOLD, 8 << 20)
-            libc.mallopt(M_TRIM_THRESHOLD, 16 << 20)
-            libc.mallopt(M_ARENA_MAX, 1)
 
 
 def _absolute(path: str) -> str:
@@ -103,7 +67,6 @@ def _run_mflat(arguments: dict, *, verbose: bool) -> int:
     from soxs_mflat.report import format_report
     from soxs_mflat.sof import parse_input_frames
 
-    _tune_allocator()
     cwd = Path.cwd()
     input_set = parse_input_frames(arguments["<inputFrames>"], cwd=cwd)
     settings_file = Path(arguments["-s"]).expanduser().resolve() if arguments["-s"] else None
