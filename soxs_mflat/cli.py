@@ -75,7 +75,9 @@ def _run_mflat(arguments: dict, *, verbose: bool) -> int:
                               overwrite=arguments["--overwrite"], command="")
     recipe.command = rerun_command(arguments, output or cwd, verbose=verbose)
     result = recipe.run()
-    print(format_report(result, verbose=verbose))
+    print(format_report(arm=result.arm, qc=result.qc, log_path=result.log_path, root=result.root,
+                        products=[(r.product_label, r.path, r.description) for r in result.products],
+                        step_seconds=result.step_seconds, verbose=verbose, colour=sys.stdout.isatty()))
     print(f"Recipe Run Time: {result.run_seconds:.1f}s")
     print(f"Recipe Command: {recipe.command}")
     return 0

@@ -1,16 +1,109 @@
-"""QC metrics: names, units, comments and the pass/fail rule of spec §8."""
+"""QC metrics: what each one measures, its unit, and how a value is graded against its acceptable range.
+
+Every metric is defined in :data:`METRICS` (the user documentation in ``docs/qc.md`` lists the same
+definitions). A value is graded ``pass`` when it lies inside its range *including the bounds*
+(soxspipe fails a value equal to a bound, so an ``X RES MIN`` of exactly 0 would fail there), ``fail``
+outside it, and ``no range`` when the settings give it none. A failed metric never stops a run: the
+products are written and the failure is reported as a warning.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
+import pandas as pd
+
+PASS, FAIL, NO_RANGE = "pass", "fail", "no range"
+
+
+@dataclass(frozen=True)
+class MetricDefinition:
+    """Unit, short FITS-card comment and full description of one QC metric."""
+
+    unit: str
+    comment: str
+    """Fits on a ``HIERARCH ESO QC`` card next to any value (at most :data:`COMMENT_LENGTH` characters)."""
+    description: str
+
+
+COMMENT_LENGTH = 30
+
+METRICS: dict[str, MetricDefinition] = {
+    "ORDEXP10": MetricDefinition(
+        "electrons", "[e-] p10 of order-centre flux",
+        "10th percentile of the first flat's bias/dark-subtracted flux (electrons per pixel) in the band of "
+        "centre-order-window pixels around the order centres."),
+    "ORDEXP50": MetricDefinition(
+        "electrons", "[e-] median order-centre flux",
+        "Median of the first flat's bias/dark-subtracted flux (electrons per pixel) in the band around the order "
+        "centres."),
+    "ORDEXP90": MetricDefinition(
+        "electrons", "[e-] p90 of order-centre flux",
+        "90th percentile of the first flat's bias/dark-subtracted flux (electrons per pixel) in the band around the "
+        "order centres."),
+    "X RES MIN": MetricDefinition(
+        "pixels", "[px] min |residual|, edge fits",
+        "Smallest absolute residual (detection minus fit, across the dispersion, in frame pixels) of the unclipped "
+        "points of the upper and lower order-edge fits together. Named X on every arm, as in soxspipe."),
+    "X RES MAX": MetricDefinition(
+        "pixels", "[px] max |residual|, edge fits",
+        "Largest absolute residual of the unclipped points of both order-edge fits (frame pixels)."),
+    "X RES SD": MetricDefinition(
+        "pixels", "[px] SD of |residual|, edges",
+        "Standard deviation of the absolute residuals of the unclipped points of both order-edge fits (frame "
+        "pixels), as soxspipe defines it."),
+    "N DEAD": MetricDefinition(
+        "pixels", "Dead pixels found in the flat",
+        "Pixels inside the orders whose response is below dead-pixel-response-limit of their neighbours', newly "
+        "flagged by this recipe."),
+    "N HOT": MetricDefinition(
+        "pixels", "Hot pixels found",
+        "Pixels inside the orders flagged as hot in the flat, the master bias or the darks, newly flagged by this "
+        "recipe."),
+    "N LOW SENS": MetricDefinition(
+        "pixels", "Low-sensitivity pixels found",
+        "Pixels inside the orders whose response is significantly below their neighbours' but above the dead "
+        "limit, newly flagged by this recipe."),
+    "N ORDER EDGE": MetricDefinition(
+        "pixels", "Masked partly lit edge pixels",
+        "Pixels at the order edges masked because they receive less than order-edge-min-flat-fraction of the "
+        "order's light, and bad for no other reason."),
+    "COLDPIX NUM": MetricDefinition(
+        "pixels", "Dead + low-sensitivity pixels",
+        "Cold pixels: the dead and low-sensitivity pixels newly flagged inside the orders (N DEAD + N LOW SENS, "
+        "a pixel counted once)."),
+    "COLDPIX FRAC": MetricDefinition(
+        "", "Cold pixels / all pixels",
+        "COLDPIX NUM divided by the number of pixels of the frame (unitless)."),
+    "BADPIX NUM": MetricDefinition(
+        "pixels", "All bad pixels in orders",
+        "Every pixel flagged in QUAL inside the orders, for any reason (input masks, saturation, dead, hot, "
+        "low sensitivity, order edge)."),
+    "INNER ORDER PIX MEAN": MetricDefinition(
+        "", "Mean flat value in orders",
+        "Mean of the master flat (unitless: normalised to the exposure level) over the good pixels inside the "
+        "orders."),
+    "INNER ORDER PIX SUM": MetricDefinition(
+        "", "Sum of flat values in orders",
+        "Sum of the master flat (unitless) over the good pixels inside the orders."),
+    "DETECTOR TEMP": MetricDefinition(
+        "", "Detector temperature",
+        "Detector temperature from the last flat's header (kelvin for NIR, celsius otherwise)."),
+    "CPATH TEMP": MetricDefinition(
+        "celsius", "[C] common path temperature",
+        "Temperature of the common path (X-shooter), from the last flat's header."),
+    "N SLICES": MetricDefinition(
+        "", "Slices used in the edge fit",
+        "Cross-dispersion slices of one order whose edges entered the global edge fits (per order; not written "
+        "to the header)."),
+}
 
 
 @dataclass(frozen=True)
 class QCRow:
-    """One QC metric."""
+    """One measured QC metric and its acceptable range."""
 
     name: str
     value: float
@@ -22,53 +115,78 @@ class QCRow:
     """Echelle order the metric refers to; -1 for metrics of the whole frame."""
 
     @property
-    def passed(self) -> bool:
-        """soxspipe's rule: a value fails when ≤ min or ≥ max (the limits themselves fail)."""
-        if self.limits is None or not np.isfinite(self.value):
-            return True
+    def verdict(self) -> str:
+        """``pass`` inside the range (bounds included), ``fail`` outside it or when not finite, ``no range``."""
+        if self.limits is None:
+            return NO_RANGE
         low, high = self.limits
-        return low < self.value < high
+        return PASS if math.isfinite(self.value) and low <= self.value <= high else FAIL
 
     @property
-    def flag(self) -> str:
-        """``pass`` or ``fail``."""
-        return "pass" if self.passed else "fail"
+    def passed(self) -> bool:
+        """False only for a metric that misses its range."""
+        return self.verdict != FAIL
 
+    @property
+    def description(self) -> str:
+        """The full definition of the metric."""
+        return METRICS[self.name].description
 
-COMMENTS = {
-    "ORDEXP10": ("electrons", "[e-] 10th percentile inter-order flux"),
-    "ORDEXP50": ("electrons", "[e-] 50th percentile inter-order flux"),
-    "ORDEXP90": ("electrons", "[e-] 90th percentile inter-order flux"),
-    "X RES MIN": ("pixels", "[px] Minimum residual in order edge fit along x-axis"),
-    "X RES MAX": ("pixels", "[px] Maximum residual in order edge fit along x-axis"),
-    "X RES SD": ("pixels", "[px] Std-dev of residual order edge fit along x-axis"),
-    "N LOW SENS": ("pixels", "Number of low-sensitivity pixels found in master flat"),
-    "N ORDER EDGE": ("pixels", "Number of partly illuminated order-edge pixels masked in master flat"),
-    "COLDPIX NUM": ("", "Number of cold pixels"),
-    "COLDPIX FRAC": ("", "Fraction of cold pixels"),
-    "INNER ORDER PIX MEAN": ("", "Mean inner-order pixel value"),
-    "INNER ORDER PIX SUM": ("", "Sum of all inner-order pixel values"),
-    "DETECTOR TEMP": ("", "temp of detector"),
-    "CPATH TEMP": ("celsius", "[C] temp of common path"),
-    "N SLICES": ("", "Cross-dispersion slices used in the order edge fit"),
-}
+    def describe_failure(self) -> str:
+        """One line naming the metric, its value and its range."""
+        low, high = self.limits or (math.nan, math.nan)
+        where = "" if self.order < 0 else f" (order {self.order})"
+        return f"QC {self.name}{where} = {self.value:.6g} {self.unit} is outside its acceptable range [{low:g}, {high:g}]"
 
 
 def qc_row(name: str, value: float, *, limits: tuple[float, float] | None = None, to_header: bool = True,
            unit: str | None = None, order: int = -1) -> QCRow:
     """A QC row with the standard unit and comment of ``name``."""
-    default_unit, comment = COMMENTS[name]
-    return QCRow(name, float(value), default_unit if unit is None else unit, comment, to_header, limits, order)
+    definition = METRICS[name]
+    return QCRow(name, float(value), definition.unit if unit is None else unit, definition.comment, to_header, limits,
+                 order)
 
 
 def failed(rows: Iterable[QCRow]) -> list[QCRow]:
     """The rows outside their acceptable range."""
-    return [row for row in rows if not row.passed]
+    return [row for row in rows if row.verdict == FAIL]
 
 
 def deduplicate(rows: Iterable[QCRow]) -> list[QCRow]:
-    """Keep the last row of each name (a later lamp pass wins, as in soxspipe)."""
+    """Keep the last row of each name and order (a later lamp pass wins, as in soxspipe)."""
     latest: dict[tuple[str, int], QCRow] = {}
     for row in rows:
         latest[(row.name, row.order)] = row
     return list(latest.values())
+
+
+def canonical_name(key: str) -> str | None:
+    """The metric a ``qc-acceptable-ranges`` key names (``x-res-sd``, ``X RES SD``, ``x_res_sd``), or None."""
+    wanted = " ".join(str(key).replace("-", " ").replace("_", " ").upper().split())
+    return wanted if wanted in METRICS else None
+
+
+QC_TABLE_COLUMNS = ("soxspipe_recipe", "qc_name", "qc_value", "qc_unit", "qc_comment", "obs_date_utc",
+                    "reduction_date_utc", "to_header", "qc_order", "qc_flag", "qc_value_min", "qc_value_max")
+
+
+def qc_table(rows: Iterable[QCRow], *, obs_date: str, reduction_date: str) -> pd.DataFrame:
+    """The QC table (spec §8.1 columns, plus the range and its verdict), one row per metric and order."""
+    records = [
+        {
+            "soxspipe_recipe": "soxs-mflat",
+            "qc_name": row.name,
+            "qc_value": row.value,
+            "qc_unit": row.unit,
+            "qc_comment": row.comment,
+            "obs_date_utc": obs_date,
+            "reduction_date_utc": reduction_date,
+            "to_header": row.to_header,
+            "qc_order": row.order,
+            "qc_flag": row.verdict,
+            "qc_value_min": row.limits[0] if row.limits else None,
+            "qc_value_max": row.limits[1] if row.limits else None,
+        }
+        for row in sorted(rows, key=lambda r: (r.name, r.order))
+    ]
+    return pd.DataFrame.from_records(records, columns=QC_TABLE_COLUMNS)

@@ -71,7 +71,7 @@ from soxs_mflat.products import (
     write_hdus,
     write_text,
 )
-from soxs_mflat.qc import QCRow, deduplicate, failed, qc_row
+from soxs_mflat.qc import QCRow, deduplicate, failed, qc_row, qc_table
 from soxs_mflat.settings import ArmSettings, Settings, load_settings, peek_instrument
 from soxs_mflat.sof import InputSet
 from soxs_mflat.stacking import (
@@ -121,6 +121,10 @@ class RecipeResult:
     arm: str
     log_path: Path
     run_seconds: float
+    root: Path
+    """The output root: products/ and qc/ are below it."""
+    step_seconds: dict[str, float]
+    """Wall time of each step, in the order they ran."""
 
 
 @dataclass
@@ -195,7 +199,7 @@ class MasterFlatRecipe:
         elapsed = time.monotonic() - started
         qc_rows = deduplicate(final.qc)
         self._write_log(paths.log(), started)
-        return RecipeResult(products, qc_rows, inputs.arm, paths.log(), elapsed)
+        return RecipeResult(products, qc_rows, inputs.arm, paths.log(), elapsed, paths.products_dir.parents[1], {})
 
     # ----------------------------------------------------------------------------------- steps
     def _verified_inputs(self) -> tuple[VerifiedInputs, Settings]:
@@ -773,12 +777,6 @@ def _fit_edges(detections: edges.EdgeDetections, arm: ArmSettings, binning_ab: t
 
 
 def qc_csv(rows: list[QCRow], *, obs_date: str) -> str:
-    """The QC table as CSV (spec §8.1 columns)."""
+    """The QC table as CSV (spec §8.1 columns, plus the acceptable range)."""
     reduction = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    lines = ["soxspipe_recipe,qc_name,qc_value,qc_unit,qc_comment,obs_date_utc,reduction_date_utc,to_header,qc_order,"
-             "qc_flag,qc_value_min,qc_value_max"]
-    for row in sorted(rows, key=lambda r: (r.name, r.order)):
-        low, high = row.limits if row.limits else ("", "")
-        lines.append(f'soxs-mflat,{row.name},{row.value:.6g},{row.unit},"{row.comment}",{obs_date},{reduction},'
-                     f"{row.to_header},{row.order},{row.flag},{low},{high}")
-    return "\n".join(lines) + "\n"
+    return qc_table(rows, obs_date=obs_date, reduction_date=reduction).to_csv(index=False, float_format="%.6g")

@@ -10,6 +10,8 @@ every key inside ``soxs-mflat`` and ``background-subtraction`` is checked for na
 from __future__ import annotations
 
 import difflib
+import logging
+import math
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -20,11 +22,13 @@ import yaml
 
 from soxs_mflat.errors import UserInputError
 from soxs_mflat.instruments import ARMS, INSTRUMENTS
+from soxs_mflat.qc import METRICS, canonical_name
 
 DEFAULTS_DIR = Path(__file__).parent / "settings"
 RECIPE_BLOCK = "soxs-mflat"
 BACKGROUND_BLOCK = "background-subtraction"
 ARM_BLOCKS = ("uvb", "vis", "nir")
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,12 +105,8 @@ class ArmSettings:
     qc_acceptable_ranges: Mapping[str, tuple[float, float]] = field(default_factory=lambda: MappingProxyType({}))
 
     def qc_limit(self, qc_name: str) -> tuple[float, float] | None:
-        """Acceptable (min, max) of a QC, matched as soxspipe does (spec §8.2), or None."""
-        wanted = qc_name.lower()
-        for key, limits in self.qc_acceptable_ranges.items():
-            if key.lower().replace("-", " ").replace("_", " ") == wanted:
-                return limits
-        return None
+        """Acceptable (min, max) of a QC metric, bounds included, or None when the settings give none."""
+        return self.qc_acceptable_ranges.get(qc_name)
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class Settings:
         cards = []
         for name, value in flat.items():
             text = ", ".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
-            cards.append((name[:40], text))
+            cards.append((name, text))
         return cards
 
     def _source_names(self) -> str:
@@ -226,21 +226,33 @@ def _check_block(block: Any, where: str, specs: Mapping[str, KeySpec], extra: tu
 
 
 def _check_qc_ranges(ranges: Any, where: str, sources: str) -> Mapping[str, tuple[float, float]]:
+    """Validate ``qc-acceptable-ranges``: every key must name a QC metric (in any of the spellings
+    ``x-res-sd``, ``x_res_sd``, ``X RES SD``), every value be ``[min, max]``; keyed by the metric's name."""
     if ranges is None:
         return MappingProxyType({})
     if not isinstance(ranges, Mapping):
         raise UserInputError(f"Settings block '{where}' must map QC names to [min, max] (settings: {sources}).")
     checked = {}
     for name, limits in ranges.items():
-        numbers = isinstance(limits, list | tuple) and len(limits) == 2 and all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in limits
-        )
-        if not numbers or limits[0] >= limits[1]:
+        metric = canonical_name(str(name))
+        if metric is None:
+            spellings = [metric.lower().replace(" ", "-") for metric in METRICS]
+            close = difflib.get_close_matches(str(name).lower().replace(" ", "-").replace("_", "-"), spellings, n=1,
+                                              cutoff=0.5)
+            hint = f"Did you mean '{close[0]}'?" if close else f"QC metrics: {', '.join(spellings)}."
             raise UserInputError(
-                f"Settings key '{where}: {name}' is {limits!r} but must be [min, max] with min < max "
+                f"Unknown QC metric '{name}' in '{where}' (settings: {sources}). {hint} Write a metric as the report "
+                "prints it ('X RES SD') or hyphenated ('x-res-sd'); docs/qc.md defines every metric."
+            )
+        numbers = isinstance(limits, list | tuple) and len(limits) == 2 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in limits
+        )
+        if not numbers or limits[0] > limits[1]:
+            raise UserInputError(
+                f"Settings key '{where}: {name}' is {limits!r} but must be [min, max] with min ≤ max "
                 f"(settings: {sources}). Correct the range."
             )
-        checked[str(name)] = (float(limits[0]), float(limits[1]))
+        checked[metric] = (float(limits[0]), float(limits[1]))
     return MappingProxyType(checked)
 
 
@@ -298,6 +310,10 @@ def load_settings(*, instrument: str, user_file: Path | None = None, workspace_r
                 f"Settings file {user_file} says 'instrument: {requested}' but the frames are from '{instrument}'. "
                 f"Set 'instrument: {instrument}' in {user_file} or pass frames of the right instrument."
             )
+        if not isinstance(user.get(RECIPE_BLOCK), Mapping) or not user[RECIPE_BLOCK]:
+            what = "is empty" if not user else f"has no '{RECIPE_BLOCK}' block"
+            LOGGER.warning("Settings file %s %s: the %s defaults (%s) are used for every %s key.", user_file, what,
+                           instrument, default_path, RECIPE_BLOCK)
         merged = _merge(merged, user)
         sources = (default_path, user_file)
     names = ", ".join(str(s) for s in sources)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from soxs_mflat.errors import UserInputError
 
-FITS_PATTERN = re.compile(r"^(?P<path>.+?\.fits(?:\.Z)?)(?:\s+(?P<tag>\S+))?\s*$", re.IGNORECASE)
+FITS_NAME = r"\.(?:fits|fit|fts)(?:\.(?:Z|gz|fz))?"
+"""FITS file names, plain or compressed (gzip, Unix compress, fpack)."""
+FITS_PATTERN = re.compile(rf"^(?P<path>\S.*?{FITS_NAME})(?:\s+(?P<tag>\S+))?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,22 @@ def parse_sof(sof: Path, *, cwd: Path) -> InputSet:
             f"The SOF file {sof} cannot be read ({error}). Check the path and that it is a text file."
         ) from None
     files: list[InputFile] = []
+    damaged = [
+        number for number, line in enumerate(lines, start=1)
+        if line.strip() and not line.strip().startswith("#") and FITS_PATTERN.match(line.strip()) is None
+    ]
+    if damaged:
+        shown = ", ".join(str(n) for n in damaged[:10]) + (" ..." if len(damaged) > 10 else "")
+        raise UserInputError(
+            f"The SOF file {sof} is damaged: line(s) {shown} are neither '<path>.fits <TAG>' entries, comments (#) "
+            "nor blank. A SOF is written by a program (soxspipe's data organiser); regenerate it, or correct or "
+            "comment out those lines."
+        )
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         match = FITS_PATTERN.match(text)
-        if match is None:
-            continue
         path = _resolve(match.group("path"), sof.parent.resolve(), cwd)
         if path is None:
             raise UserInputError(
@@ -83,12 +94,12 @@ def parse_input_frames(argument: str, *, cwd: Path) -> InputSet:
         return parse_sof(candidate, cwd=cwd)
     if candidate.is_dir():
         found = sorted(
-            p for p in candidate.iterdir() if p.is_file() and re.search(r"\.fits(\.Z)?$", p.name, re.IGNORECASE)
+            p for p in candidate.iterdir() if p.is_file() and re.search(rf"{FITS_NAME}$", p.name, re.IGNORECASE)
         )
         if not found:
             raise UserInputError(f"The directory {candidate} holds no FITS files. Point to the folder with the flats.")
         return InputSet(tuple(InputFile(p.resolve()) for p in found), None, str(candidate))
-    if "," in argument or re.search(r"\.fits(\.Z)?$", argument, re.IGNORECASE):
+    if "," in argument or re.search(rf"{FITS_NAME}$", argument, re.IGNORECASE):
         files = []
         for item in (part.strip() for part in argument.split(",")):
             if not item:

@@ -86,7 +86,10 @@ def test_complete_soxspipe_yaml_is_accepted(tmp_path: Path) -> None:
         ({"data-extension": -1}, r"data-extension.*-1"),
         ({"save-intermediate-products": 1}, r"save-intermediate-products.*True or False"),
         ({"soxs-mflat": {"nir": {"min-percentage-threshold-for-edge-detection": 60}}}, r"above max-percentage"),
-        ({"soxs-mflat": {"nir": {"qc-acceptable-ranges": {"x-res-sd": [1, 0]}}}}, r"x-res-sd.*min < max"),
+        ({"soxs-mflat": {"nir": {"qc-acceptable-ranges": {"x-res-sd": [1, 0]}}}}, r"x-res-sd.*min ≤ max"),
+        ({"soxs-mflat": {"nir": {"qc-acceptable-ranges": {"x-res-sd": [0, float("nan")]}}}}, r"x-res-sd.*\[min, max\]"),
+        ({"soxs-mflat": {"nir": {"qc-acceptable-ranges": {"x-res-sdd": [0, 1]}}}}, r"'x-res-sdd'.*Did you mean 'x-res-sd'"),
+        ({"soxs-mflat": {"nir": {"qc-acceptable-ranges": {"COLD PIX": [0, 1]}}}}, r"'COLD PIX'.*Did you mean 'coldpix-"),
         ({"instrument": "xsh"}, r"instrument: xsh.*soxs"),
     ],
 )
@@ -118,7 +121,7 @@ def test_settings_are_immutable() -> None:
 def test_param_cards_flatten_the_arm_block() -> None:
     cards = dict(load_settings(instrument="soxs").param_cards("NIR"))
     assert cards["order-deg"] == "6"
-    assert "min-percentage-threshold-for-edge-detect" in cards
+    assert cards["min-percentage-threshold-for-edge-detection"] == "20"  # full names, never cut
     assert "qc-acceptable-ranges" not in cards
 
 
@@ -133,3 +136,27 @@ def test_every_settings_key_is_documented() -> None:
                 keys |= set(block)
     missing = sorted(keys - documented)
     assert not missing, f"settings keys missing from docs/settings.md: {missing}"
+
+
+@pytest.mark.parametrize("key", ["X RES SD", "x-res-sd", "x_res_sd", "X-Res-SD"])
+def test_qc_range_keys_accept_every_spelling_of_a_metric(tmp_path: Path, key: str) -> None:
+    path = _write(tmp_path, {"soxs-mflat": {"nir": {"qc-acceptable-ranges": {key: [0, 0.005]}}}})
+    assert load_settings(instrument="soxs", user_file=path).arm("NIR").qc_limit("X RES SD") == (0.0, 0.005)
+
+
+@pytest.mark.parametrize("content", ["", "# only a comment\n", "instrument: soxs\nworkspace-root-dir: .\n"])
+def test_settings_without_a_recipe_block_fall_back_to_defaults_and_say_so(
+    tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _write(tmp_path, content)
+    with caplog.at_level("WARNING", logger="soxs_mflat"):
+        settings = load_settings(instrument="soxs", user_file=path)
+    assert settings.arm("NIR") == load_settings(instrument="soxs").arm("NIR")
+    assert str(path) in caplog.text and "defaults" in caplog.text
+
+
+def test_a_complete_recipe_block_gives_no_fallback_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = _write(tmp_path, {"soxs-mflat": {"nir": {"order-deg": 5}}})
+    with caplog.at_level("WARNING", logger="soxs_mflat"):
+        assert load_settings(instrument="soxs", user_file=path).arm("NIR").order_deg == 5
+    assert "defaults" not in caplog.text

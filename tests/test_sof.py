@@ -64,3 +64,20 @@ def test_directory_and_list(tmp_path: Path) -> None:
     text_only = _touch(tmp_path / "e" / "x.txt").parent
     with pytest.raises(UserInputError, match="holds no FITS files"):
         parse_input_frames(str(text_only), cwd=tmp_path)
+
+
+@pytest.mark.parametrize("garbage", ["LAMP,FLAT_NIR", "this set was taken on a cloudy night", "----", "flat.txt LAMP,FLAT"])
+def test_sof_with_garbage_lines_is_an_error_naming_the_lines(tmp_path: Path, garbage: str) -> None:
+    _touch(tmp_path / "flat_0.fits")
+    sof = tmp_path / "set.sof"
+    sof.write_text(f"# header\nflat_0.fits LAMP,FLAT_NIR\n{garbage}\n\nflat_0.fits LAMP,FLAT_NIR\n{garbage}\n")
+    with pytest.raises(UserInputError, match=r"set\.sof is damaged: line\(s\) 3, 6 ") as error:
+        parse_input_frames(str(sof), cwd=tmp_path)
+    assert "regenerate it" in str(error.value)
+
+
+def test_compressed_fits_names_are_entries(tmp_path: Path) -> None:
+    files = [_touch(tmp_path / name) for name in ("a.fits.gz", "b.fits.Z", "c.fits.fz", "d.fit")]
+    sof = tmp_path / "set.sof"
+    sof.write_text("".join(f"{f.name} LAMP,FLAT_NIR\n" for f in files))
+    assert [f.path for f in parse_input_frames(str(sof), cwd=tmp_path).files] == files
