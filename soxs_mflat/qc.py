@@ -33,16 +33,16 @@ COMMENT_LENGTH = 30
 METRICS: dict[str, MetricDefinition] = {
     "ORDEXP10": MetricDefinition(
         "electrons", "[e-] p10 of order-centre flux",
-        "10th percentile of the first flat's bias/dark-subtracted flux (electrons per pixel) in the band of "
-        "centre-order-window pixels around the order centres."),
+        "Median over the flats of the 10th percentile of each flat's bias/dark-subtracted flux (electrons per "
+        "pixel) in the band of centre-order-window pixels around the order centres (first pass)."),
     "ORDEXP50": MetricDefinition(
         "electrons", "[e-] median order-centre flux",
-        "Median of the first flat's bias/dark-subtracted flux (electrons per pixel) in the band around the order "
-        "centres."),
+        "Median over the flats of the median bias/dark-subtracted flux (electrons per pixel) in the band around "
+        "the order centres."),
     "ORDEXP90": MetricDefinition(
         "electrons", "[e-] p90 of order-centre flux",
-        "90th percentile of the first flat's bias/dark-subtracted flux (electrons per pixel) in the band around the "
-        "order centres."),
+        "Median over the flats of the 90th percentile of the bias/dark-subtracted flux (electrons per pixel) in "
+        "the band around the order centres."),
     "X RES MIN": MetricDefinition(
         "pixels", "[px] min |residual|, edge fits",
         "Smallest absolute residual (detection minus fit, across the dispersion, in frame pixels) of the unclipped "
