@@ -1,0 +1,145 @@
+"""All-or-nothing product writing, and one run at a time per product stem.
+
+A :class:`ProductTransaction` writes every file of a run to a hidden temporary name in its
+destination folder (so a rename onto the final name is atomic), and renames them all into place only
+when every one is complete, with stop signals deferred meanwhile. A failure or interruption before
+that removes the temporaries and leaves the previous products exactly as they were.
+
+A :class:`StemLock` is an OS file lock (``fcntl.flock``) on ``.<stem>.lock`` in the products folder,
+held from before the first check for existing products until the last rename: a second run on the
+same products stops at once, naming the lock and the run that holds it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from soxs_mflat.errors import UserInputError
+from soxs_mflat.interruption import deferred_signals
+
+
+def temporary_path(path: Path) -> Path:
+    """Hidden temporary name for ``path`` in the same folder (so renaming it onto ``path`` is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_error(error: OSError, folder: Path) -> UserInputError:
+    """A one-paragraph error for a file that could not be written into ``folder``."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "Free space on that file system (or raise the quota), or choose another output directory with -o"
+        what = "the disk is full"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "Make the folder writable, or choose another output directory with -o"
+        what = "it is not writable" if error.errno != errno.EROFS else "its file system is read-only"
+    else:
+        fix = "Check the folder and the file system, or choose another output directory with -o"
+        what = error.strerror or str(error)
+    return UserInputError(
+        f"The products could not be written to {folder}: {what}. No product was changed: the previous products, if "
+        f"any, are intact and no temporary file was left. {fix}, then rerun the same command."
+    )
+
+
+class ProductTransaction:
+    """Stage files under temporary names, then :meth:`commit` them all at once (a context manager)."""
+
+    def __init__(self) -> None:
+        self._staged: dict[Path, Path] = {}
+        self._committed = False
+
+    def temporary(self, path: Path) -> Path:
+        """Register ``path`` and return the temporary name its content must be written to."""
+        temporary = temporary_path(path)
+        self._staged[path] = temporary
+        return temporary
+
+    def stage(self, path: Path, write: Callable[[Path], None]) -> Path:
+        """Write ``path``'s content through ``write(temporary)``; a write that fails is a user error."""
+        temporary = self.temporary(path)
+        try:
+            write(temporary)
+        except OSError as error:
+            self.discard()
+            raise write_error(error, path.parent) from None
+        return path
+
+    def stage_text(self, path: Path, text: str) -> Path:
+        """Stage a text file."""
+        return self.stage(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+    def commit(self) -> list[Path]:
+        """Flush every staged file to disk, then rename them all into place with stop signals deferred."""
+        try:
+            for temporary in self._staged.values():
+                with open(temporary, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        except OSError as error:
+            self.discard()
+            raise write_error(error, next(iter(self._staged)).parent) from None
+        with deferred_signals():
+            for path, temporary in self._staged.items():
+                os.replace(temporary, path)
+            self._committed = True
+        return list(self._staged)
+
+    def discard(self) -> None:
+        """Remove every temporary file (nothing was renamed yet)."""
+        for temporary in self._staged.values():
+            temporary.unlink(missing_ok=True)
+
+    def __enter__(self) -> ProductTransaction:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if not self._committed:
+            self.discard()
+
+
+class StemLock:
+    """Exclusive lock on the products of one stem, held while the run works (a context manager)."""
+
+    def __init__(self, products_dir: Path, stem: str) -> None:
+        self.path = products_dir / f".{stem}.lock"
+        self._descriptor: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise a :class:`UserInputError` naming the run that holds it."""
+        try:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise write_error(error, self.path.parent) from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 400, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(descriptor)
+            raise UserInputError(
+                f"Another run is writing these products: {holder} holds the lock {self.path}. Nothing was changed. "
+                "Wait for that run to finish (or stop it), then rerun; or choose another output directory with -o."
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"soxs_mflat run pid {os.getpid()} on {socket.gethostname()} since "
+                              f"{time.strftime('%Y-%m-%dT%H:%M:%S')}".encode(), 0)
+        self._descriptor = descriptor
+
+    def release(self) -> None:
+        """Let the next run in (the lock file stays: removing it could let two runs lock different files)."""
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+    def __enter__(self) -> StemLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.release()
