@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SOXSPIPE_VENV := .venv-soxspipe
 DEMO := demo
 
-.PHONY: demo test interop lint benchmark clean
+.PHONY: demo test fuzz interop lint benchmark clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check soxs_mflat tests benchmarks
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not interop" -q
+
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 $(SOXSPIPE_VENV)/bin/soxspipe:
 	PYENV_VERSION=3.12.1 python3.12 -m venv $(SOXSPIPE_VENV)
