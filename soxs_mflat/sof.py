@@ -46,6 +46,12 @@ def _resolve(raw: str, sof_dir: Path, cwd: Path) -> Path | None:
     return None
 
 
+def _is_supplementary(line: str, sof_dir: Path, cwd: Path) -> bool:
+    """A non-FITS line that names an existing file (soxspipe's "supplementary" files; mflat uses none)."""
+    first = line.split()[0]
+    return len(first) > 3 and _resolve(first, sof_dir, cwd) is not None
+
+
 def parse_sof(sof: Path, *, cwd: Path) -> InputSet:
     """Read a SOF file; every listed FITS file must exist."""
     try:
@@ -58,12 +64,13 @@ def parse_sof(sof: Path, *, cwd: Path) -> InputSet:
     damaged = [
         number for number, line in enumerate(lines, start=1)
         if line.strip() and not line.strip().startswith("#") and FITS_PATTERN.match(line.strip()) is None
+        and not _is_supplementary(line, sof.parent.resolve(), cwd)
     ]
     if damaged:
         shown = ", ".join(str(n) for n in damaged[:10]) + (" ..." if len(damaged) > 10 else "")
         raise UserInputError(
-            f"The SOF file {sof} is damaged: line(s) {shown} are neither '<path>.fits <TAG>' entries, comments (#) "
-            "nor blank. A SOF is written by a program (soxspipe's data organiser); regenerate it, or correct or "
+            f"The SOF file {sof} is damaged: line(s) {shown} are neither '<path>.fits <TAG>' entries, existing "
+            "supplementary files, comments (#) nor blank. A SOF is written by a program (soxspipe's data organiser); regenerate it, or correct or "
             "comment out those lines."
         )
     for number, line in enumerate(lines, start=1):

@@ -81,3 +81,11 @@ def test_compressed_fits_names_are_entries(tmp_path: Path) -> None:
     sof = tmp_path / "set.sof"
     sof.write_text("".join(f"{f.name} LAMP,FLAT_NIR\n" for f in files))
     assert [f.path for f in parse_input_frames(str(sof), cwd=tmp_path).files] == files
+
+
+def test_existing_supplementary_files_are_not_damage(tmp_path: Path) -> None:
+    flat = _touch(tmp_path / "flat_0.fits")
+    _touch(tmp_path / "extra" / "lines.csv")
+    sof = tmp_path / "set.sof"
+    sof.write_text("flat_0.fits LAMP,FLAT_NIR\nextra/lines.csv LINE_LIST_NIR\n")
+    assert [f.path for f in parse_input_frames(str(sof), cwd=tmp_path).files] == [flat]
