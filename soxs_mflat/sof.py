@@ -70,14 +70,16 @@ def parse_sof(sof: Path, *, cwd: Path) -> InputSet:
         shown = ", ".join(str(n) for n in damaged[:10]) + (" ..." if len(damaged) > 10 else "")
         raise UserInputError(
             f"The SOF file {sof} is damaged: line(s) {shown} are neither '<path>.fits <TAG>' entries, existing "
-            "supplementary files, comments (#) nor blank. A SOF is written by a program (soxspipe's data organiser); regenerate it, or correct or "
-            "comment out those lines."
+            "supplementary files, comments (#) nor blank. A SOF is written by a program (soxspipe's data "
+            "organiser); regenerate it, or correct or comment out those lines."
         )
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         match = FITS_PATTERN.match(text)
+        if match is None:  # a supplementary file
+            continue
         path = _resolve(match.group("path"), sof.parent.resolve(), cwd)
         if path is None:
             raise UserInputError(
