@@ -36,13 +36,17 @@ class InputSet:
 
 
 def _resolve(raw: str, sof_dir: Path, cwd: Path) -> Path | None:
-    path = Path(raw).expanduser()
-    if path.is_absolute():
-        return path if path.exists() else None
-    for base in (sof_dir, cwd):
-        candidate = (base / path).resolve()
-        if candidate.exists():
-            return candidate
+    """The existing file ``raw`` names (absolute, or relative to the SOF's folder, then ``cwd``), or None."""
+    try:
+        path = Path(raw).expanduser()
+        if path.is_absolute():
+            return path if path.is_file() else None
+        for base in (sof_dir, cwd):
+            candidate = (base / path).resolve()
+            if candidate.is_file():
+                return candidate
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, an unknown ~user, a link loop
+        return None
     return None
 
 
