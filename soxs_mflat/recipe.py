@@ -762,8 +762,11 @@ def _compact_dtype(frames: tuple[FrameFile, ...]) -> np.dtype | None:
 
 
 def _fit_edges(detections: edges.EdgeDetections, arm: ArmSettings, binning_ab: tuple[int, int]) -> edges.EdgeFit:
-    """The global edge fits with the arm's degrees and clipping, failing over the X RES SD limit."""
-    limit = arm.qc_limit("X RES SD")
+    """The global edge fits with the arm's degrees and clipping.
+
+    The X RES SD range of qc-acceptable-ranges only grades the result (in the QC table): it never
+    lowers the degrees nor stops the run.
+    """
     return edges.fit_edges(
         detections,
         order_deg=arm.order_deg,
@@ -771,7 +774,6 @@ def _fit_edges(detections: edges.EdgeDetections, arm: ArmSettings, binning_ab: t
         clipping_sigma=arm.poly_fitting_residual_clipping_sigma,
         clipping_iterations=arm.poly_clipping_iteration_limit,
         binning_ab=binning_ab,
-        max_residual_sd=None if limit is None else limit[1],
         log=LOGGER.info,
     )
 

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from astropy.io import fits
 from synthetic import SyntheticFlat, slit_profile, synthetic_flat
 
+from soxs_mflat.cli import main
 from soxs_mflat.edges import (
     EdgeDetections,
     EdgeFit,
     SliceFlag,
     detect_edges,
+    detection,
+    detection_scatter,
     fit_edges,
     measure_slice_edges,
     order_location_table,
@@ -24,6 +30,9 @@ from soxs_mflat.frames import read_order_table
 from soxs_mflat.geometry import Poly2D
 from soxs_mflat.order_table import OrderTable, to_hdus
 from soxs_mflat.products import write_hdus
+from soxs_mflat.qc import qc_row
+from soxs_mflat.recipe import _fit_edges
+from soxs_mflat.settings import load_settings
 
 DETECT = {"slice_length": 50, "slice_width": 5, "min_threshold_pct": 20, "max_threshold_pct": 50}
 FIT = {"order_deg": 3, "disp_axis_deg": 3, "clipping_sigma": 5, "clipping_iterations": 2}
@@ -317,15 +326,86 @@ def test_degrees_are_lowered_until_the_fit_works() -> None:
     _assert_accurate(_edge_errors(syn, fit))
 
 
-def test_residual_limit_triggers_fallback_then_error() -> None:
-    """Residuals above ``max_residual_sd`` at every degree: five reductions, then a UserInputError naming settings."""
+def test_x_res_sd_qc_range_keeps_the_degrees_and_only_grades_the_fit() -> None:
+    """An X RES SD range far below the achievable residuals: the fit keeps its degrees and succeeds, the QC fails."""
     syn = synthetic_flat(noise=0.01, seed=14)
+    detections = detect_edges(syn.image, syn.centre_table, **DETECT)
+    defaults = load_settings(instrument="soxs").arm("VIS")
+    arm = replace(defaults, order_deg=3, disp_axis_deg=3, poly_fitting_residual_clipping_sigma=5,
+                  poly_clipping_iteration_limit=2, qc_acceptable_ranges={"x-res-sd": (0.0, 1e-4)})
+    fit = _fit_edges(detections, arm, (1, 1))
+
+    assert (fit.deg_order, fit.deg_b) == (3, 3) and len(fit.attempts) == 1 and "ok" in fit.attempts[0]
+    assert fit.x_res_sd > 1e-4
+    assert qc_row("X RES SD", fit.x_res_sd, limits=arm.qc_limit("X RES SD")).flag == "fail"
+    _assert_accurate(_edge_errors(syn, fit))
+
+
+def test_too_few_points_lower_the_degrees() -> None:
+    """Six orders of five slices (30 points) cannot carry 16 coefficients (32 needed): degrees go to 2 × 3."""
+    syn = synthetic_flat(noise=0.01, seed=22)
+    detections = detect_edges(syn.image, syn.centre_table, sample_step=120, **DETECT)
+    assert np.all(np.bincount(detections.order)[syn.orders] == 5)
+    messages: list[str] = []
+    fit = fit_edges(detections, min_slices_per_order=5, log=messages.append, **FIT)
+
+    assert (fit.deg_order, fit.deg_b) == (2, 3)
+    assert len(fit.attempts) == 2 and list(fit.attempts) == messages
+    assert "30 points for 16 coefficients" in fit.attempts[0] and "ok" in fit.attempts[1]
+    assert np.median(_edge_errors(syn, fit)) < 0.1
+
+
+def test_residuals_far_above_the_scatter_of_the_detections_fail_the_fit() -> None:
+    """Lower edges displaced ±1.5 px in blocks of 20 slices: smooth locally (small scatter) but no polynomial
+    follows them, so the fit fails at every degree and stops naming the scatter."""
+    syn = synthetic_flat(noise=0.01, seed=23)
+    detections = detect_edges(syn.image, syn.centre_table, **DETECT)
+    blocks = np.where((np.arange(detections.order.size) // 20) % 2 == 0, 1.5, -1.5)
+    corrupted = replace(detections, low=detections.low + blocks)
+    assert detection_scatter(corrupted.order, corrupted.b, corrupted.low) < 0.05
     messages: list[str] = []
     with pytest.raises(UserInputError, match="order-deg") as caught:
-        _run(syn.image, syn.centre_table, log=messages.append, max_residual_sd=1e-4)
-    assert len(messages) == 6 and all("above the limit" in message for message in messages)
-    for setting in ("disp-axis-deg", "slice-length-for-edge-detection", "min-percentage-threshold-for-edge-detection"):
-        assert setting in str(caught.value)
+        fit_edges(corrupted, log=messages.append, **FIT)
+    assert len(messages) == 6
+    assert all("lower edge: residual scale" in message for message in messages)
+    assert "upper edge" not in messages[0]
+    assert "scatter of the edge measurements themselves" in str(caught.value)
+
+
+def test_detection_scatter_measures_the_noise_not_the_edge_shape() -> None:
+    """Noise of known sigma on curved edges of several orders, some slices missing: sigma recovered within 10 %."""
+    rng = np.random.default_rng(24)
+    order = np.repeat([3, 4, 5], 1000)
+    b = np.tile(np.arange(1000) * 5.0 + 2.0, 3)
+    smooth = 100.0 * order + 0.3 * b - 1e-5 * b**2
+    edge = smooth + 0.05 * rng.standard_normal(order.size)
+    edge[rng.random(order.size) < 0.1] = np.nan
+    shuffled = rng.permutation(order.size)
+    scatter = detection_scatter(order[shuffled], b[shuffled], edge[shuffled])
+    assert scatter == pytest.approx(0.05, rel=0.1)
+    assert np.isnan(detection_scatter(order[:5], b[:5], edge[:5]))
+
+
+def test_x_res_sd_qc_range_never_aborts_the_recipe(tmp_path: Path) -> None:
+    """Issue 14: ``x-res-sd: [0, 0.005]`` in qc-acceptable-ranges: exit 0, all products, the QC graded as failed."""
+    raw = tmp_path / "raw"
+    assert main(["simulate", str(raw), "--instrument=soxs", "--arm=VIS", "--seed=3"]) == 0
+    settings = yaml.safe_load((raw / "soxspipe.yaml").read_text())
+    settings["soxs-mflat"]["vis"]["qc-acceptable-ranges"]["x-res-sd"] = [0, 0.005]
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(yaml.safe_dump(settings))
+    (sof,) = raw.glob("*.sof")
+
+    assert main(["mflat", str(sof), "-o", str(tmp_path / "out"), "-s", str(strict)]) == 0
+    products = tmp_path / "out" / "products" / "soxs_mflat"
+    assert len(list(products.glob("*_MFLAT_*SOXS.fits"))) == 1
+    (table,) = products.glob("*_OLOC_*.fits")
+    with fits.open(table) as hdus:
+        assert hdus[1].data["degorder_edgeup"][0] == 3 and hdus[1].data["degy_edgeup"][0] == 3
+    (qc_table,) = (tmp_path / "out" / "qc" / "soxs_mflat").glob("*_QC.csv")
+    x_res_sd = next(row for row in csv.DictReader(qc_table.open()) if row["qc_name"] == "X RES SD")
+    assert float(x_res_sd["qc_value"]) > 0.005
+    assert x_res_sd["qc_flag"] == "fail" and float(x_res_sd["qc_value_max"]) == 0.005
 
 
 def test_impossible_fit_raises_user_input_error() -> None:
@@ -398,14 +478,12 @@ def test_bad_column_running_just_inside_an_edge_does_not_bias_it() -> None:
 
 def test_slices_shared_among_threads_give_the_same_edges(monkeypatch) -> None:
     """Each slice is measured on its own, so splitting the slices among threads changes nothing."""
-    from soxs_mflat import edges as edges_module
-
     syn = synthetic_flat(noise=0.01, seed=21)
     options = {"slice_length": 50, "slice_width": 1, "min_threshold_pct": 20, "max_threshold_pct": 50}
-    monkeypatch.setattr(edges_module, "MIN_SLICES_PER_WORKER", 10)
-    monkeypatch.setattr(edges_module, "WORKERS", 1)
+    monkeypatch.setattr(detection, "MIN_SLICES_PER_WORKER", 10)
+    monkeypatch.setattr(detection, "WORKERS", 1)
     alone = detect_edges(syn.image, syn.centre_table, **options)
-    monkeypatch.setattr(edges_module, "WORKERS", 2)
+    monkeypatch.setattr(detection, "WORKERS", 2)
     shared = detect_edges(syn.image, syn.centre_table, **options)
     assert alone.order.size > 1000
     for name in ("order", "b", "centre", "low", "up", "flag_low", "flag_up", "max_threshold", "min_threshold"):
