@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
+from astropy.io import fits
+
 from soxs_mflat.errors import UserInputError
-from soxs_mflat.fitsio import Header
 from soxs_mflat.frames import FrameFile
 from soxs_mflat.instruments import Detector, Keywords, detector_for, instrument_from_header, keywords_for
 
@@ -88,11 +89,16 @@ def _names(frames: Iterable[FrameFile]) -> str:
     return ", ".join(str(f.path) for f in frames)
 
 
-def _value(header: Header, keyword: str | None) -> str:
+def _value(header: fits.Header, keyword: str | None) -> str:
     if keyword is None:
         return ""
-    value = header.get(keyword, "")
+    value = _defined(header.get(keyword, ""))
     return "" if value is None else str(value).strip()
+
+
+def _defined(value: object) -> object:
+    """A header value, None for a card without one (astropy's ``Undefined``)."""
+    return None if isinstance(value, fits.card.Undefined) else value
 
 
 def _flat_lamp(frame: FrameFile, kw: Keywords, instrument: str, arm: str) -> str | None:
@@ -286,7 +292,7 @@ def verify(classified: list[Classified], *, instrument: str, arm: str) -> Verifi
         notes.append(f"Gain read from the detector table: {gain} e-/ADU (the flats carry no {kw.conad}).")
     else:
         gain, gain_source = float(gain_value), "header"
-    ron_value = _unique(flat_frames, lambda f: f.header.get(kw.ron), "read noise (ESO DET OUT1 RON)",
+    ron_value = _unique(flat_frames, lambda f: _defined(f.header.get(kw.ron)), "read noise (ESO DET OUT1 RON)",
                         "Give flats of one readout mode only.")
     ron, ron_source = (detector.default_ron, "detector default") if ron_value is None else (float(ron_value), "header")
 

@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 
 from soxs_mflat import __version__
-from soxs_mflat.fitsio import HDU, Header, format_card, write_fits
 from soxs_mflat.inputs import VerifiedInputs
 from soxs_mflat.qc import QCRow
 
@@ -29,6 +29,8 @@ QC_SUBDIR = Path("qc") / "soxs_mflat"
 MJD_EPOCH = datetime(1858, 11, 17)
 """Day zero of the Modified Julian Date."""
 REMOVED_KEYWORDS = ("ESO DPR TYPE", "ESO DPR TECH", "ESO DPR CATG", "ARCFILE")
+STORAGE_KEYWORDS = ("BSCALE", "BZERO", "BLANK", "CHECKSUM", "DATASUM")
+"""Cards of an input's data storage that :meth:`astropy.io.fits.Header.strip` keeps but a product must not copy."""
 
 
 def night_from_sof_name(name: str) -> str | None:
@@ -134,9 +136,10 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def write_hdus(hdus: list[HDU], path: Path) -> Path:
-    """Write FITS HDUs atomically, with checksums."""
-    return write_atomic(path, lambda tmp: write_fits(tmp, hdus))
+def write_hdus(hdus: list[fits.PrimaryHDU | fits.ImageHDU | fits.BinTableHDU], path: Path) -> Path:
+    """Write FITS HDUs atomically with astropy, with CHECKSUM/DATASUM cards; a header that is not
+    standard FITS raises astropy's ``VerifyError`` (nothing is written)."""
+    return write_atomic(path, lambda tmp: fits.HDUList(hdus).writeto(tmp, output_verify="exception", checksum=True))
 
 
 def write_text(text: str, path: Path) -> Path:
@@ -165,8 +168,16 @@ def _short(name: str, limit: int = 40) -> str:
     return name if len(name) <= limit else name[: limit - 3] + "..."
 
 
+def _product_header(header: fits.Header) -> fits.Header:
+    """A copy of an input's header without the cards that describe how its data were stored."""
+    copied = header.copy(strip=True)
+    for keyword in STORAGE_KEYWORDS:
+        copied.remove(keyword, ignore_missing=True, remove_all=True)
+    return copied
+
+
 def provenance_header(
-    base: Header,
+    base: fits.Header,
     *,
     inputs: VerifiedInputs,
     raw_frames: Iterable[Path],
@@ -176,16 +187,16 @@ def provenance_header(
     pro_tech: str,
     qc_rows: Iterable[QCRow],
     checksums: Mapping[Path, str] | None = None,
-) -> Header:
+) -> fits.Header:
     """Product header: the earliest flat's header without DPR cards, plus PRO, REC1 and QC cards.
 
     ``checksums`` holds calibration MD5s already computed (see :func:`start_checksums`); any other
     calibration file is hashed here.
     """
     checksums = checksums or {}
-    header = base.copy(strip=True)
+    header = _product_header(base)
     for keyword in (*REMOVED_KEYWORDS, "EXTNAME", "BUNIT", "SXSPRE", "RADECSYS"):
-        header.remove(keyword)
+        header.remove(keyword, ignore_missing=True, remove_all=True)
     header["HIERARCH ESO PRO CATG"] = pro_catg
     header["HIERARCH ESO PRO TYPE"] = "REDUCED"
     header["HIERARCH ESO PRO TECH"] = pro_tech
@@ -210,28 +221,34 @@ def provenance_header(
         if row.to_header and np.isfinite(row.value):
             keyword = f"HIERARCH ESO QC {row.name}"
             value = int(row.value) if float(row.value).is_integer() and abs(row.value) < 2**53 else row.value
-            room = 80 - len(format_card(keyword, value).rstrip()) - 3
+            room = 80 - len(fits.Card(keyword, value).image.rstrip()) - 3
             header[keyword] = (value, row.comment[: max(room, 0)])
     return header
 
 
-def image_hdus(data: np.ndarray, mask: np.ndarray, uncertainty: np.ndarray, header: Header) -> list[HDU]:
-    """FLUX (float32) / QUAL (uint8) / ERRS (float32) HDUs (spec §2.3, §5.1).
+def image_hdus(data: np.ndarray, mask: np.ndarray, uncertainty: np.ndarray,
+               header: fits.Header) -> list[fits.PrimaryHDU | fits.ImageHDU]:
+    """FLUX (float32) / QUAL (uint8) / ERRS (float32) HDUs (spec §2.3, §5.1)."""
+    flux = primary_image_hdu(data, header)
+    flux.header["EXTNAME"] = "FLUX"
+    flux.header["BUNIT"] = ""
+    errs_header = fits.Header([("EXTNAME", "ERRS"), ("UTYPE", "StdDevUncertainty"), ("BUNIT", "")])
+    return [flux, fits.ImageHDU(_fits_image(mask, np.uint8), fits.Header([("EXTNAME", "QUAL")])),
+            fits.ImageHDU(_fits_image(uncertainty, np.float32), errs_header)]
 
-    float32 images of either byte order and any layout (views included) are passed through as they
-    are: the writer converts them block by block.
+
+def primary_image_hdu(image: np.ndarray, header: fits.Header) -> fits.PrimaryHDU:
+    """A float32 image with a copy of ``header`` (its storage cards left out) as a primary HDU."""
+    return fits.PrimaryHDU(_fits_image(image, np.float32), _product_header(header))
+
+
+def _fits_image(image: np.ndarray, dtype: type) -> np.ndarray:
+    """``image`` as the C-ordered big-endian ``dtype`` array that FITS stores (a copy unless it is one).
+
+    astropy writes and checksums such an array as it is. Given a little-endian array, it would
+    byte-swap it twice (checksum, then write), in place if writable, which other threads reading the
+    image meanwhile would see, or into two more copies if not: one conversion here is faster. The
+    copies live until the file is written (~9 bytes a pixel for FLUX, QUAL and ERRS), well below the
+    recipe's peak memory, which comes earlier.
     """
-    flux_header = header.copy()
-    flux_header["EXTNAME"] = "FLUX"
-    flux_header["BUNIT"] = ""
-    return [
-        HDU(flux_header, _float32(data)),
-        HDU(Header({"EXTNAME": "QUAL"}), np.asarray(mask, dtype=bool)),
-        HDU(Header({"EXTNAME": "ERRS", "UTYPE": "StdDevUncertainty", "BUNIT": ""}), _float32(uncertainty)),
-    ]
-
-
-def _float32(image: np.ndarray) -> np.ndarray:
-    """``image`` as float32 in either byte order (converted only if another type)."""
-    image = np.asarray(image)
-    return image if image.dtype.kind == "f" and image.dtype.itemsize == 4 else image.astype(np.float32)
+    return np.ascontiguousarray(image, dtype=np.dtype(dtype).newbyteorder(">"))

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 
 from soxs_mflat import background, badpixels, edges, plots, stitching
 from soxs_mflat.detrend import (
@@ -32,7 +33,6 @@ from soxs_mflat.detrend import (
     nearest_in_time,
 )
 from soxs_mflat.errors import UserInputError
-from soxs_mflat.fitsio import HDU, Header
 from soxs_mflat.footprints import (
     OrderBounds,
     contiguous,
@@ -64,6 +64,7 @@ from soxs_mflat.products import (
     image_hdus,
     night_from_mjd,
     night_from_sof_name,
+    primary_image_hdu,
     product_paths,
     provenance_header,
     start_checksums,
@@ -139,7 +140,7 @@ class LampResult:
     centres: OrderTable
     background: np.ndarray | None
     qc: list[QCRow]
-    header: Header
+    header: fits.Header
     detections: edges.EdgeDetections
 
 
@@ -637,7 +638,7 @@ class MasterFlatRecipe:
                 bkg_header = header.copy()
                 bkg_header["HIERARCH ESO PRO CATG"] = f"FLAT_BKGROUND_{arm}"
                 bkg_header["EXTNAME"] = "FLUX"
-                bkg = HDU(bkg_header, from_ba(result.background, fitted_axis))  # converted while written
+                bkg = primary_image_hdu(from_ba(result.background, fitted_axis), bkg_header)
                 background_written = self._side_thread.submit(write_hdus, [bkg], paths.background(lamp))
             flux, mask, errs = (from_ba(image, fitted_axis) for image in (result.data, result.mask, result.uncertainty))
             flat_path = write_hdus(image_hdus(flux, mask, errs, header), paths.master_flat(lamp))
@@ -646,7 +647,7 @@ class MasterFlatRecipe:
             )
             table_header = header.copy()
             for keyword in (inputs.keywords.read_speed, inputs.keywords.conad, inputs.keywords.gain, inputs.keywords.ron):
-                table_header.remove(keyword)
+                table_header.remove(keyword, ignore_missing=True, remove_all=True)
             table_header["HIERARCH ESO PRO CATG"] = f"ORDER_TAB_{arm}"
             table_header["HIERARCH ESO PRO TECH"] = "ECHELLE,SLIT"
             table_header["EXTNAME"] = "FLUX"

@@ -11,7 +11,6 @@ from astropy.io import fits
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from soxs_mflat.fitsio import Header
 from soxs_mflat.geometry import Poly2D
 from soxs_mflat.instruments import INSTRUME_HEADER, detector_for, keywords_for
 from soxs_mflat.order_table import OrderTable, to_hdus
@@ -83,7 +82,7 @@ def write_order_table(path: Path, *, instrument: str, arm: str, binning: tuple[i
     """A small order-centre table (spec §4) for the given arm."""
     kw = keywords_for(instrument)
     axis = fitted_axis or detector_for(instrument, arm).fitted_axis
-    header = Header()
+    header = fits.Header()
     header["INSTRUME"] = INSTRUME_HEADER[instrument]
     header["HIERARCH ESO SEQ ARM"] = arm
     header["HIERARCH ESO PRO CATG"] = f"ORDER_TAB_{arm}"

@@ -10,10 +10,9 @@ import pytest
 from astropy.io import fits
 
 from soxs_mflat.errors import UserInputError
-from soxs_mflat.fitsio import HDU, Header
 from soxs_mflat.frames import prepare_raw, read_prepared, read_raw_adu
 from soxs_mflat.instruments import DETECTORS
-from soxs_mflat.products import image_hdus, product_paths, write_atomic, write_hdus, write_text
+from soxs_mflat.products import image_hdus, primary_image_hdu, product_paths, write_atomic, write_hdus, write_text
 
 
 def _raw_index_of(prepared_row: int, prepared_col: int, *, k: int, raw_shape: tuple[int, int],
@@ -117,10 +116,14 @@ def test_product_names_never_collide() -> None:
         (np.float32, {}),
         (np.int16, {"BZERO": 32768.0, "BSCALE": 1.0, "BLANK": -32768}),
         (np.int16, {"BSCALE": 2.0, "BZERO": 10.0}),
+        (np.int16, {"BLANK": 7}),
+        (np.int32, {"BZERO": 2.0**31}),
+        (np.int8, {}),
     ],
 )
 def test_raw_reading_matches_astropy(tmp_path: Path, dtype: type, cards: dict[str, float]) -> None:
-    """The one-pass unsigned conversion gives astropy's values and dtype; other scalings are astropy's own."""
+    """The one-pass unsigned conversion gives astropy's values and dtype; other scalings (BLANK without
+    BSCALE makes a float image with NaN; int8 is stored as uint8 with BZERO -128) are astropy's own."""
     rng = np.random.default_rng(2)
     image = rng.integers(0, np.iinfo(dtype).max, (30, 20)) if np.dtype(dtype).kind in "iu" else rng.random((30, 20))
     hdu = fits.PrimaryHDU(image.astype(dtype))
@@ -138,8 +141,8 @@ def test_image_product_round_trip_with_valid_checksums(tmp_path: Path) -> None:
     data = rng.normal(size=(40, 30)).astype(np.float32)
     uncertainty = np.asfortranarray(np.abs(data))  # copied to C order on the way
     mask = rng.random((40, 30)) < 0.1
-    path = write_hdus(image_hdus(data, mask, uncertainty, Header({"OBJECT": "FLAT"})), tmp_path / "p.fits")
-    write_hdus([HDU(Header(), data)], tmp_path / "b.fits")
+    path = write_hdus(image_hdus(data, mask, uncertainty, fits.Header([("OBJECT", "FLAT")])), tmp_path / "p.fits")
+    write_hdus([primary_image_hdu(data, fits.Header())], tmp_path / "b.fits")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with fits.open(path, checksum=True) as hdulist, fits.open(tmp_path / "b.fits", checksum=True) as bkg:

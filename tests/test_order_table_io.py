@@ -1,4 +1,4 @@
-"""The order-table HDUs written by :mod:`soxs_mflat.fitsio` must be what astropy's ``from_columns`` makes."""
+"""The order-table HDUs (built from structured arrays) must be what astropy's ``from_columns`` makes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from soxs_mflat.fitsio import Header
 from soxs_mflat.frames import read_order_table
 from soxs_mflat.geometry import Poly2D
 from soxs_mflat.order_table import OrderTable, to_hdus
@@ -20,7 +19,7 @@ def _table(*, edges: bool) -> OrderTable:
     table = OrderTable("x", np.array([10, 11, 12]), np.array([0.0, 5.5, 10.0]), np.array([2000.0, 1990.2, 1980.0]),
                        np.array([100.0, 200.0, 300.0]), np.array([150.0, 250.0, 350.0]), Poly2D(rng.normal(size=(3, 4))),
                        Poly2D(rng.normal(size=(2, 2))), extra_meta={"maxThreshold": np.array([1.0, 2.0, 3.0])},
-                       header=Header({"OBJECT": "it's a flat"}))
+                       header=fits.Header([("OBJECT", "it's a flat")]))
     if not edges:
         return table
     return table.with_edges(Poly2D(rng.normal(size=(3, 4))), Poly2D(rng.normal(size=(4, 3))))
