@@ -44,6 +44,7 @@ from docopt import DocoptExit, docopt
 
 from soxs_mflat import __version__
 from soxs_mflat.errors import UserInputError
+from soxs_mflat.interruption import Interrupted, install_handlers
 
 EXIT_USER_ERROR = 2
 
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(str(error), file=sys.stderr)
         return EXIT_USER_ERROR
     verbose = bool(arguments["--verbose"])
+    install_handlers()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     try:
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"ERROR: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("Interrupted: no product was half-written; rerun the same command to start again.", file=sys.stderr)
-        return 130
+    except Interrupted as stop:
+        print(f"Stopped by {stop}: no product was changed or half-written and no temporary file was left; rerun the "
+              "same command to start again.", file=sys.stderr)
+        return stop.exit_status

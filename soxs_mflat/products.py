@@ -7,10 +7,8 @@ only when complete, so an interrupted run never leaves a half-written or clobber
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,8 +17,11 @@ import numpy as np
 from astropy.io import fits
 
 from soxs_mflat import __version__
+from soxs_mflat.frames import FrameFile
 from soxs_mflat.inputs import VerifiedInputs
 from soxs_mflat.qc import QCRow
+from soxs_mflat.settings import Settings
+from soxs_mflat.transaction import ProductTransaction
 
 RECIPE_ID = "soxs-mflat"
 PIPE_ID = f"soxs_mflat/v{__version__}"
@@ -87,6 +88,15 @@ class ProductPaths:
         """Recipe log."""
         return self.products_dir / f"{self.stem}.log"
 
+    def error_log(self) -> Path:
+        """Log of a run that failed after it claimed its outputs (removed by the next successful run)."""
+        return self.products_dir / f"{self.stem}_ERROR.log"
+
+    @property
+    def root(self) -> Path:
+        """The output root holding ``products/`` and ``qc/``."""
+        return self.products_dir.parents[1]
+
     def existing(self, lamps: Iterable[str]) -> list[Path]:
         """Products of this stem that already exist."""
         candidates = [self.master_flat(), self.order_table(), self.background(), self.log(), self.qc_table()]
@@ -106,45 +116,14 @@ def product_paths(*, stem: str, root: Path, instrument: str) -> ProductPaths:
     return ProductPaths(stem, root / PRODUCTS_SUBDIR, root / QC_SUBDIR, instrument)
 
 
-def temporary_path(path: Path) -> Path:
-    """Hidden temporary name for ``path`` in the same folder (so renaming it onto ``path`` is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def commit(temporary: Path, path: Path) -> Path:
-    """Flush ``temporary`` to disk and rename it onto ``path``."""
-    with open(temporary, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    return path
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary_path)`` then rename the result onto ``path``.
-
-    The temporary file lives in the same folder (so the rename is atomic) and is removed if
-    writing fails; an existing file at ``path`` is untouched until the rename.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(path)
-    try:
-        write(temporary)
-        commit(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
-
-
 def write_hdus(hdus: list[fits.PrimaryHDU | fits.ImageHDU | fits.BinTableHDU], path: Path) -> Path:
-    """Write FITS HDUs atomically with astropy, with CHECKSUM/DATASUM cards; a header that is not
-    standard FITS raises astropy's ``VerifyError`` (nothing is written)."""
-    return write_atomic(path, lambda tmp: fits.HDUList(hdus).writeto(tmp, output_verify="exception", checksum=True))
-
-
-def write_text(text: str, path: Path) -> Path:
-    """Write a text file atomically."""
-    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """Write one FITS file (an intermediate product) atomically with astropy, verified strictly, with checksums."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ProductTransaction() as transaction:
+        transaction.stage(path, lambda temporary: fits.HDUList(hdus).writeto(temporary, output_verify="exception",
+                                                                            checksum=True))
+        transaction.commit()
+    return path
 
 
 def md5_of(path: Path) -> str:
@@ -156,18 +135,6 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def start_checksums(paths: Iterable[Path]) -> dict[Path, Future]:
-    """Hash files on a background thread (hashlib releases the GIL) while the recipe works."""
-    pool = ThreadPoolExecutor(max_workers=1)
-    futures = {path: pool.submit(md5_of, path) for path in dict.fromkeys(paths)}
-    pool.shutdown(wait=False)
-    return futures
-
-
-def _short(name: str, limit: int = 40) -> str:
-    return name if len(name) <= limit else name[: limit - 3] + "..."
-
-
 def _product_header(header: fits.Header) -> fits.Header:
     """A copy of an input's header without the cards that describe how its data were stored."""
     copied = header.copy(strip=True)
@@ -176,53 +143,64 @@ def _product_header(header: fits.Header) -> fits.Header:
     return copied
 
 
-def provenance_header(
-    base: fits.Header,
-    *,
-    inputs: VerifiedInputs,
-    raw_frames: Iterable[Path],
-    raw_categories: Iterable[str],
-    params: list[tuple[str, str]],
-    pro_catg: str,
-    pro_tech: str,
-    qc_rows: Iterable[QCRow],
-    checksums: Mapping[Path, str] | None = None,
-) -> fits.Header:
-    """Product header: the earliest flat's header without DPR cards, plus PRO, REC1 and QC cards.
+def _category(frame: FrameFile, inputs: VerifiedInputs) -> str:
+    """A raw frame's category as soxspipe's data organiser tags it: ``<DPR TYPE>_<ARM>``."""
+    return f"{frame.header.get(inputs.keywords.dpr_type, 'FLAT')}_{inputs.arm}"
 
-    ``checksums`` holds calibration MD5s already computed (see :func:`start_checksums`); any other
-    calibration file is hashed here.
+
+def _set_comment_fitting(header: fits.Header, keyword: str, value: object, comment: str) -> None:
+    """Set a card whose comment is cut at a word boundary to fit the card (never mid-word)."""
+    room = 80 - len(fits.Card(keyword, value).image.rstrip()) - 3
+    if len(comment) > room:
+        comment = comment[: max(room, 0) + 1].rsplit(" ", 1)[0] if room > 0 else ""
+    header[keyword] = (value, comment)
+
+
+def provenance_header(*, inputs: VerifiedInputs, flats: Sequence[FrameFile], settings: Settings, pro_catg: str,
+                      pro_tech: str, qc_rows: Iterable[QCRow]) -> fits.Header:
+    """Product header: the earliest flat's header without its DPR and storage cards, plus the PRO and REC1
+    cards (every raw frame and calibration used, every parameter in full), how the prepared frame maps to
+    the raw detector (``SOXS PREP`` cards), and the QC cards.
+
+    ``flats`` are the flats combined into this product; the darks and lamp-off frames subtracted from
+    them are listed as raw inputs too.
     """
-    checksums = checksums or {}
+    base = min(flats, key=lambda f: float(f.header.get(inputs.keywords.mjd_obs, np.inf))).header
     header = _product_header(base)
     for keyword in (*REMOVED_KEYWORDS, "EXTNAME", "BUNIT", "SXSPRE", "RADECSYS"):
         header.remove(keyword, ignore_missing=True, remove_all=True)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    header["DATE"] = (now, "Date the file was written")
     header["HIERARCH ESO PRO CATG"] = pro_catg
     header["HIERARCH ESO PRO TYPE"] = "REDUCED"
     header["HIERARCH ESO PRO TECH"] = pro_tech
     header["HIERARCH ESO SEQ ARM"] = inputs.arm
     header["HIERARCH ESO PRO REC1 ID"] = RECIPE_ID
     header["HIERARCH ESO PRO REC1 PIPE ID"] = PIPE_ID
-    header["HIERARCH ESO PRO DATE"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    raw_frames = list(raw_frames)
-    header["HIERARCH ESO PRO DATANCOM"] = len(raw_frames)
-    for i, (path, category) in enumerate(zip(raw_frames, raw_categories, strict=True), start=1):
-        header[f"HIERARCH ESO PRO REC1 RAW{i} NAME"] = _short(Path(path).name, 45)
-        header[f"HIERARCH ESO PRO REC1 RAW{i} CATG"] = category
+    header["HIERARCH ESO PRO DATE"] = now
+    raw = [*flats, *inputs.darks]
+    header["HIERARCH ESO PRO DATANCOM"] = len(flats)
+    for i, frame in enumerate(raw, start=1):
+        header[f"HIERARCH ESO PRO REC1 RAW{i} NAME"] = frame.path.name
+        header[f"HIERARCH ESO PRO REC1 RAW{i} CATG"] = _category(frame, inputs)
     for i, calibration in enumerate(inputs.calibrations, start=1):
-        header[f"HIERARCH ESO PRO REC1 CAL{i} NAME"] = _short(calibration.path.name, 45)
-        catg = calibration.header.get(inputs.keywords.pro_catg, calibration.tag or "")
-        header[f"HIERARCH ESO PRO REC1 CAL{i} CATG"] = str(catg)
-        header[f"HIERARCH ESO PRO REC1 CAL{i} DATAMD5"] = checksums.get(calibration.path) or md5_of(calibration.path)
-    for i, (name, value) in enumerate(params, start=1):
+        header[f"HIERARCH ESO PRO REC1 CAL{i} NAME"] = calibration.path.name
+        header[f"HIERARCH ESO PRO REC1 CAL{i} CATG"] = str(calibration.header.get(inputs.keywords.pro_catg,
+                                                                                   calibration.tag or ""))
+        header[f"HIERARCH ESO PRO REC1 CAL{i} DATAMD5"] = md5_of(calibration.path)
+    for i, (name, value) in enumerate(settings.param_cards(inputs.arm), start=1):
         header[f"HIERARCH ESO PRO REC1 PARAM{i} NAME"] = name
-        header[f"HIERARCH ESO PRO REC1 PARAM{i} VALUE"] = _short(value, 30)
+        header[f"HIERARCH ESO PRO REC1 PARAM{i} VALUE"] = value
+    detector, (binx, biny) = inputs.detector, inputs.binning
+    rows = (detector.science_rows[0] // biny, detector.science_rows[1] // biny)
+    cols = (detector.science_columns[0] // binx, detector.science_columns[1] // binx)
+    header["HIERARCH SOXS PREP ROTATION"] = (90 * detector.rotation_k, "[deg] raw turned by np.rot90")
+    header["HIERARCH SOXS PREP TRIMSEC"] = (f"{rows[0]}:{rows[1]},{cols[0]}:{cols[1]}", "rows,cols kept, rotated")
+    header["HIERARCH SOXS PREP BINNING"] = (f"{binx}x{biny}", "x by y")
     for row in qc_rows:
         if row.to_header and np.isfinite(row.value):
-            keyword = f"HIERARCH ESO QC {row.name}"
             value = int(row.value) if float(row.value).is_integer() and abs(row.value) < 2**53 else row.value
-            room = 80 - len(fits.Card(keyword, value).image.rstrip()) - 3
-            header[keyword] = (value, row.comment[: max(room, 0)])
+            _set_comment_fitting(header, f"HIERARCH ESO QC {row.name}", value, row.comment)
     return header
 
 

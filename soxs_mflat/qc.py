@@ -10,10 +10,20 @@ products are written and the failure is reported as a warning.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
+
+from soxs_mflat.badpixels import DEAD, HOT, LOW_SENSITIVITY, PARTIAL_EDGE, BadPixelResult
+
+if TYPE_CHECKING:
+    from soxs_mflat.edges import EdgeFit
+    from soxs_mflat.flatfield import FinishedFlat
+    from soxs_mflat.frames import FrameFile
+    from soxs_mflat.inputs import VerifiedInputs
 
 PASS, FAIL, NO_RANGE = "pass", "fail", "no range"
 
@@ -89,8 +99,8 @@ METRICS: dict[str, MetricDefinition] = {
         "", "Sum of flat values in orders",
         "Sum of the master flat (unitless) over the good pixels inside the orders."),
     "DETECTOR TEMP": MetricDefinition(
-        "", "Detector temperature",
-        "Detector temperature from the last flat's header (kelvin for NIR, celsius otherwise)."),
+        "kelvin", "[K] detector temperature",
+        "Detector temperature from the last flat's header (SOXS only)."),
     "CPATH TEMP": MetricDefinition(
         "celsius", "[C] common path temperature",
         "Temperature of the common path (X-shooter), from the last flat's header."),
@@ -190,3 +200,53 @@ def qc_table(rows: Iterable[QCRow], *, obs_date: str, reduction_date: str) -> pd
         for row in sorted(rows, key=lambda r: (r.name, r.order))
     ]
     return pd.DataFrame.from_records(records, columns=QC_TABLE_COLUMNS)
+
+
+def bad_pixel_counts(found: BadPixelResult, final_mask: np.ndarray, inside: np.ndarray) -> dict[str, float]:
+    """N DEAD, N HOT, N LOW SENS, N ORDER EDGE, COLDPIX NUM/FRAC and BADPIX NUM (see :data:`METRICS`)."""
+    codes = found.codes
+    new = inside & ~found.input_mask
+    dead = np.count_nonzero(new & ((codes & DEAD) != 0))
+    cold = np.count_nonzero(new & ((codes & (DEAD | LOW_SENSITIVITY)) != 0))
+    return {
+        "N DEAD": dead,
+        "N HOT": np.count_nonzero(new & ((codes & HOT) != 0)),
+        "N LOW SENS": np.count_nonzero(new & ((codes & LOW_SENSITIVITY) != 0) & ((codes & DEAD) == 0)),
+        "N ORDER EDGE": np.count_nonzero(new & (codes == PARTIAL_EDGE)),
+        "COLDPIX NUM": cold,
+        "COLDPIX FRAC": round(cold / final_mask.size, 6),
+        "BADPIX NUM": np.count_nonzero(final_mask & inside),
+    }
+
+
+def lamp_qc(*, ordexp: tuple[float, float, float], fit: EdgeFit, finished: FinishedFlat,
+            limits: Callable[[str], tuple[float, float] | None], inputs: VerifiedInputs,
+            flats: Sequence[FrameFile], bad_pixel_counts_too: bool) -> list[QCRow]:
+    """Every QC metric of one lamp's (or the stitched) master flat, with its acceptable range.
+
+    The bad-pixel counts are measured for the generic or stitched flat only, as soxspipe does
+    (``bad_pixel_counts_too``); ``flats`` are the raw flats (their last header gives the temperatures).
+    """
+
+    def row(name: str, value: float, **options: object) -> QCRow:
+        return qc_row(name, value, limits=limits(name), **options)
+
+    rows = [row("ORDEXP10", ordexp[0]), row("ORDEXP50", ordexp[1]), row("ORDEXP90", ordexp[2]),
+            row("X RES MIN", round(fit.x_res_min, 5)), row("X RES MAX", round(fit.x_res_max, 5)),
+            row("X RES SD", round(fit.x_res_sd, 5))]
+    counts = bad_pixel_counts(finished.bad_pixels, finished.mask, finished.inside)
+    if not bad_pixel_counts_too:
+        counts = {name: counts[name] for name in ("COLDPIX NUM", "COLDPIX FRAC", "BADPIX NUM")}
+    rows += [row(name, value) for name, value in counts.items()]
+    good = finished.data[finished.inside & ~finished.mask]
+    rows += [row("INNER ORDER PIX MEAN", round(float(np.mean(good)), 3)),
+             row("INNER ORDER PIX SUM", round(float(np.sum(good, dtype=np.float64)), 3))]
+    rows += [row("N SLICES", count, to_header=False, order=int(order))
+             for order, count in zip(fit.orders_kept, fit.slices_used, strict=True)]
+    last, keywords = flats[-1].header, inputs.keywords
+    detector_temp = keywords.detector_temp.get(inputs.arm)
+    if detector_temp and detector_temp in last:
+        rows.append(row("DETECTOR TEMP", float(last[detector_temp]), to_header=False))
+    if keywords.common_path_temp and keywords.common_path_temp in last:
+        rows.append(row("CPATH TEMP", float(last[keywords.common_path_temp]), to_header=False))
+    return rows

@@ -13,12 +13,19 @@ and one global fit is made through all of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from soxs_mflat.edges import EdgeDetections
-from soxs_mflat.footprints import OrderBounds, order_labels
+from soxs_mflat.edges import EdgeDetections, EdgeFit, order_location_table
+from soxs_mflat.errors import UserInputError
+from soxs_mflat.footprints import OrderBounds, order_bounds, order_labels
+from soxs_mflat.order_table import OrderTable
+
+if TYPE_CHECKING:
+    from soxs_mflat.flatfield import LampFlat
 
 Lamp = tuple[np.ndarray, np.ndarray, np.ndarray]
 """(data, uncertainty, mask) of one lamp's master flat, BA orientation."""
@@ -112,3 +119,41 @@ def stitch_lamps(d2: Lamp, qth: Lamp, bounds: OrderBounds, from_d2: np.ndarray, 
     d2_orders = tuple(int(m) for m in bounds.orders[from_d2])
     boundary_orders = (int(bounds.orders[d2_side]), int(bounds.orders[q_side]))
     return StitchResult(data, uncertainty, mask, take_d2, d2_orders, boundary_orders, scale)
+
+
+@dataclass(frozen=True)
+class StitchedFlat:
+    """The stitched flat, its order edges (fitted through both lamps' measurements) and its background."""
+
+    lamps: StitchResult
+    detections: EdgeDetections
+    fit: EdgeFit
+    table: OrderTable
+    bounds: OrderBounds
+    background: np.ndarray | None
+
+
+def stitch_lamp_flats(d2: LampFlat, qth: LampFlat, *, binning_ab: tuple[int, int], scale_d2_to_qth: bool,
+                      fit_edges: Callable[[EdgeDetections], EdgeFit]) -> StitchedFlat:
+    """Choose each order's lamp, fit the edges through the chosen lamps' measurements, and stitch the flats."""
+    frame_ba = qth.data.shape
+    d2_lamp = (np.where(d2.mask, np.nan, d2.data), d2.uncertainty, d2.mask)
+    q_lamp = (np.where(qth.mask, np.nan, qth.data), qth.uncertainty, qth.mask)
+    try:
+        from_d2 = choose_lamps(d2_lamp, q_lamp, order_bounds(qth.table, frame_ba, binning_ab))
+    except ValueError as error:
+        raise UserInputError(
+            f"The D2 and QTH flats cannot be stitched: {error}. Check that the LAMP,DFLAT and LAMP,QFLAT frames and "
+            "their order-centre tables belong together."
+        ) from None
+    d2_orders = {int(m) for m in qth.table.orders[from_d2]}
+    detections = merge_detections(d2.detections, qth.detections, d2_orders)
+    fit = fit_edges(detections)
+    table = order_location_table(qth.centres, fit, detections, shape_ba=frame_ba, binning_ab=binning_ab)
+    bounds = order_bounds(table, frame_ba, binning_ab)
+    stitched = stitch_lamps(d2_lamp, q_lamp, bounds, np.isin(bounds.orders, list(d2_orders)),
+                            scale_d2_to_qth=scale_d2_to_qth)
+    background = None
+    if d2.background is not None and qth.background is not None:
+        background = np.where(stitched.from_d2, d2.background / np.float32(stitched.scale), qth.background)
+    return StitchedFlat(stitched, detections, fit, table, bounds, background)

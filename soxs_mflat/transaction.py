@@ -60,6 +60,10 @@ class ProductTransaction:
         self._staged[path] = temporary
         return temporary
 
+    def forget(self, path: Path) -> None:
+        """Drop ``path`` from the transaction and remove its temporary (a file that could not be made)."""
+        self._staged.pop(path).unlink(missing_ok=True)
+
     def stage(self, path: Path, write: Callable[[Path], None]) -> Path:
         """Write ``path``'s content through ``write(temporary)``; a write that fails is a user error."""
         temporary = self.temporary(path)

@@ -31,7 +31,7 @@ from soxs_mflat.geometry import Poly2D
 from soxs_mflat.order_table import OrderTable, to_hdus
 from soxs_mflat.products import write_hdus
 from soxs_mflat.qc import qc_row
-from soxs_mflat.recipe import _fit_edges
+from soxs_mflat.recipe import fit_order_edges
 from soxs_mflat.settings import load_settings
 
 DETECT = {"slice_length": 50, "slice_width": 5, "min_threshold_pct": 20, "max_threshold_pct": 50}
@@ -332,12 +332,12 @@ def test_x_res_sd_qc_range_keeps_the_degrees_and_only_grades_the_fit() -> None:
     detections = detect_edges(syn.image, syn.centre_table, **DETECT)
     defaults = load_settings(instrument="soxs").arm("VIS")
     arm = replace(defaults, order_deg=3, disp_axis_deg=3, poly_fitting_residual_clipping_sigma=5,
-                  poly_clipping_iteration_limit=2, qc_acceptable_ranges={"x-res-sd": (0.0, 1e-4)})
-    fit = _fit_edges(detections, arm, (1, 1))
+                  poly_clipping_iteration_limit=2, qc_acceptable_ranges={"X RES SD": (0.0, 1e-4)})
+    fit = fit_order_edges(detections, arm=arm, binning_ab=(1, 1))
 
     assert (fit.deg_order, fit.deg_b) == (3, 3) and len(fit.attempts) == 1 and "ok" in fit.attempts[0]
     assert fit.x_res_sd > 1e-4
-    assert qc_row("X RES SD", fit.x_res_sd, limits=arm.qc_limit("X RES SD")).flag == "fail"
+    assert qc_row("X RES SD", fit.x_res_sd, limits=arm.qc_limit("X RES SD")).verdict == "fail"
     _assert_accurate(_edge_errors(syn, fit))
 
 

@@ -12,7 +12,7 @@ from astropy.io import fits
 from soxs_mflat.errors import UserInputError
 from soxs_mflat.frames import prepare_raw, read_prepared, read_raw_adu
 from soxs_mflat.instruments import DETECTORS
-from soxs_mflat.products import image_hdus, primary_image_hdu, product_paths, write_atomic, write_hdus, write_text
+from soxs_mflat.products import image_hdus, primary_image_hdu, product_paths, write_hdus
 
 
 def _raw_index_of(prepared_row: int, prepared_col: int, *, k: int, raw_shape: tuple[int, int],
@@ -75,20 +75,6 @@ def test_negative_values_count_as_zero_and_bias_uncertainty() -> None:
 def test_wrong_raw_shape_is_a_user_error() -> None:
     with pytest.raises(UserInputError, match="cannot be trimmed"):
         prepare_raw(np.zeros((100, 100), np.float32), detector=DETECTORS[("xsh", "VIS")], binning=(1, 1), gain=1, ron=1)
-
-
-def test_atomic_write_keeps_previous_product_on_failure(tmp_path: Path) -> None:
-    target = tmp_path / "products" / "flat.fits"
-    write_text("previous product", target)
-
-    def failing(temporary: Path) -> None:
-        temporary.write_text("half written")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError, match="disk full"):
-        write_atomic(target, failing)
-    assert target.read_text() == "previous product"
-    assert [p.name for p in target.parent.iterdir()] == ["flat.fits"]
 
 
 def test_product_names_never_collide() -> None:
