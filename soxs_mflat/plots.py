@@ -1,20 +1,21 @@
 """QC figures in two halves: what a figure shows, and drawing it.
 
 The recipe reduces each figure to a small description (block-averaged images, point lists, titles)
-with numpy alone; :func:`render` draws a description as a one-page vector PDF with
-:mod:`soxs_mflat.pdfpage`, in a few tens of milliseconds.
+with numpy alone; :func:`render` draws a description, with the run's QC values and verdicts, as a
+one-page PDF through matplotlib's PDF canvas (the pages are laid out in :mod:`soxs_mflat.qc_pages`,
+imported only when a page is drawn).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import bottleneck as bn
 import numpy as np
-
-from soxs_mflat.pdfpage import TAB10, Axes, Page, colour_image, hex_colour, text_width
 
 MAX_IMAGE_SIDE = 800
 """Largest side (px) of an image shown on a QC page; larger images are block-averaged first."""
@@ -22,6 +23,8 @@ BAND_PIXELS = 1 << 21
 """Pixels block-averaged at a time (see :func:`block_average`)."""
 MAX_TRACE_POINTS = 300
 """Samples along each order of a filled order outline."""
+RASTER_DPI = 150
+"""Resolution of the rasters (images and point clouds) in a QC page's PDF."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,11 @@ class OrderLocationFigure:
     clipped_b: Points
     clipped_order: Points
     residual_limit: float
+    """Half-height of the residual panels (px); points beyond are drawn at the edge and counted."""
     orders_kept: np.ndarray
     residual_title: str
+    stem: str = ""
+    """Product stem (night, arm, mode) shown under the title."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,43 @@ class BackgroundFigure:
     cut_model: np.ndarray
     cut_label: str
     cut_limits: tuple[float, float]
+    stem: str = ""
+    """Product stem (night, arm, mode) shown under the title."""
+
+
+class QCResult(Protocol):
+    """What a QC page shows of one QC metric (:class:`QCLine`, or any object with these attributes)."""
+
+    name: str
+    value: float
+    limits: tuple[float, float] | None
+    unit: str
+    comment: str
+
+    @property
+    def verdict(self) -> str:
+        """``pass``, ``fail`` or ``no range``."""
+        ...
+
+
+@dataclass(frozen=True)
+class QCLine:
+    """A QC metric with its acceptable range, judged with inclusive bounds."""
+
+    name: str
+    value: float
+    limits: tuple[float, float] | None = None
+    unit: str = ""
+    comment: str = ""
+
+    @property
+    def verdict(self) -> str:
+        """``no range`` without limits; ``pass`` when low ≤ value ≤ high; ``fail`` otherwise (a value
+        that is not a number cannot be shown to pass)."""
+        if self.limits is None:
+            return "no range"
+        low, high = self.limits
+        return "pass" if low <= self.value <= high else "fail"
 
 
 def image_limits(image: np.ndarray, *, low: float = 1.0, high: float = 99.5) -> tuple[float, float]:
@@ -158,12 +201,14 @@ def order_location_figure(
     binning_ab: tuple[int, int] = (1, 1),
     fitted_axis: str = "x",
     title: str = "",
+    stem: str = "",
 ) -> OrderLocationFigure:
     """Describe the order-edge QC page from the flat, the edge detections, the fit and the order table.
 
     Left: the flat with the measured lower/upper edges and the clipped points. Middle: the fitted
     edges of every order, the area between them filled. Right: fit residuals (frame px) against the
-    dispersion-axis pixel and against the order, with the ``X RES`` QC values.
+    dispersion-axis pixel and against the order, with the ``X RES`` QC values. ``title`` names the arm
+    and pass (e.g. ``VIS order edges``); ``stem`` is the product stem shown under it.
     """
     a_bin, b_bin = binning_ab
     n_b = flat_ba.shape[0]
@@ -189,11 +234,10 @@ def order_location_figure(
     limit = 1.2 * max(float(np.percentile(np.abs(residuals), 99.5)) if residuals.size else 0.0, 0.05)
     ok_low = np.isfinite(fit.residual_low) & ~fit.clipped_low
     ok_up = np.isfinite(fit.residual_up) & ~fit.clipped_up
-    clipped_residual = np.clip(np.concatenate([fit.residual_low[fit.clipped_low], fit.residual_up[fit.clipped_up]]),
-                               -limit, limit)
+    clipped_residual = np.concatenate([fit.residual_low[fit.clipped_low], fit.residual_up[fit.clipped_up]])
     dropped = f"; dropped orders: {', '.join(str(m) for m in fit.orders_dropped)}" if fit.orders_dropped.size else ""
     return OrderLocationFigure(
-        title=f"{title}{' — ' if title else ''}order locations ({orders.size} orders{dropped})",
+        title=f"{title or 'order locations'} — {orders.size} orders{dropped}",
         image=image,
         measured_low=xy(detections.low[used_low], detections.b[used_low]),
         measured_up=xy(detections.up[used_up], detections.b[used_up]),
@@ -214,19 +258,20 @@ def order_location_figure(
                              clipped_residual),
         residual_limit=limit,
         orders_kept=np.asarray(fit.orders_kept),
-        residual_title=(f"fit residuals (colours as left)\nX RES SD {fit.x_res_sd:.3f} px, "
-                        f"X RES MAX {fit.x_res_max:.3f} px"),
+        residual_title=f"fit residuals: X RES SD {fit.x_res_sd:.3f} px, X RES MAX {fit.x_res_max:.3f} px",
+        stem=stem,
     )
 
 
 def background_figure(subtracted_ba: np.ndarray, model: object, *, fitted_axis: str = "x",
-                      title: str = "") -> BackgroundFigure:
+                      title: str = "", stem: str = "") -> BackgroundFigure:
     """Describe the scattered-light QC page, in the frame's own orientation, from the flat after the
     model was subtracted (``subtracted_ba``) and the model.
 
-    Top: the pixels the model was fitted to, and the model (same colour scale). Bottom left: data −
-    model on the fitted pixels (symmetric scale) with the residual statistics. Bottom right: a cut
-    across the orders through the middle of the dispersion axis — data, model, fitted pixels.
+    Top: the pixels the model was fitted to and the model (same colour scale), and data − model on
+    the fitted pixels (symmetric scale) with the residual statistics. Below: a cut across the orders
+    through the middle of the dispersion axis — data, model, fitted pixels. ``title`` names the arm
+    (and lamp); ``stem`` is the product stem shown under it.
     """
     n_b = subtracted_ba.shape[0]
     middle = n_b // 2
@@ -256,7 +301,7 @@ def background_figure(subtracted_ba: np.ndarray, model: object, *, fitted_axis: 
         fitted=fitted_image,
         model=model_image,
         residual=residual_image,
-        residual_text=f"median {model.residual_median:+.2e}\nrobust σ {model.residual_sigma:.2e}",
+        residual_text=f"median {model.residual_median:+.2e}, robust σ {model.residual_sigma:.2e}",
         fitted_axis=fitted_axis,
         middle=middle,
         cut_a=np.arange(subtracted_ba.shape[1]),
@@ -265,117 +310,19 @@ def background_figure(subtracted_ba: np.ndarray, model: object, *, fitted_axis: 
         cut_model=model_row,
         cut_label=f"data (median of {along} = {rows.start}…{rows.stop - 1})",
         cut_limits=(low, 3.0 * top + 1e-6),
+        stem=stem,
     )
 
 
-# ----------------------------------------------------------------------------------- drawing
-CYAN, ORANGE, BLUE, RED = (hex_colour(TAB10[k]) for k in (9, 1, 0, 3))
-GREY = (0.6, 0.6, 0.6)
+def render(figure: OrderLocationFigure | BackgroundFigure, path: Path | str, *,
+           qc_rows: Sequence[QCResult] = ()) -> None:
+    """Draw ``figure`` with the QC rows ``qc_rows`` (see :func:`soxs_mflat.qc_pages.draw`) and save it
+    as a one-page PDF at ``path``; the point clouds are rasters of ``RASTER_DPI`` dots per inch."""
+    from matplotlib.backends.backend_pdf import FigureCanvasPdf
 
+    from soxs_mflat.qc_pages import draw
 
-def render(figure: OrderLocationFigure | BackgroundFigure, path: Path | str) -> None:
-    """Draw a figure description and save it as a one-page PDF at ``path``."""
-    if isinstance(figure, OrderLocationFigure):
-        page = Page.inches(11.0, 8.5)
-        _draw_order_locations(page, figure)
-    else:
-        page = Page.inches(12.0, 9.0)
-        _draw_background(page, figure)
-    page.save(path)
-
-
-def _span(values: np.ndarray, *, margin: float = 0.02) -> tuple[float, float]:
-    """Limits of the finite ``values`` widened by ``margin`` of their range."""
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    low, high = float(finite.min()), float(finite.max())
-    pad = margin * (high - low) or 0.5
-    return low - pad, high + pad
-
-
-def _draw_order_locations(page: Page, figure: OrderLocationFigure) -> None:
-    image = figure.image
-    x_limits, y_limits = image.extent[:2], image.extent[2:]
-    ax_image = Axes.on(page, (0.06, 0.07, 0.30, 0.88), x_limits, y_limits)
-    ax_fit = Axes.on(page, (0.35, 0.07, 0.59, 0.88), x_limits, y_limits)
-    residuals_b = np.concatenate([figure.residual_low_b.x, figure.residual_up_b.x, figure.clipped_b.x])
-    limits = (-figure.residual_limit, figure.residual_limit)
-    ax_res_b = Axes.on(page, (0.67, 0.55, 0.98, 0.85), _span(residuals_b), limits)
-    orders = np.asarray(figure.orders_kept, dtype=np.float64)
-    order_span = (float(orders.min()) - 0.7, float(orders.max()) + 0.7) if orders.size else (0.0, 1.0)
-    ax_res_order = Axes.on(page, (0.67, 0.07, 0.98, 0.43), order_span, limits)
-
-    ax_image.image(colour_image(image.pixels, vmin=image.vmin, vmax=image.vmax, cmap="gray", gamma=0.5), image.extent)
-    for points, colour in ((figure.measured_low, CYAN), (figure.measured_up, ORANGE)):
-        ax_image.markers(points.x, points.y, colour, size=1.5)
-    ax_image.markers(figure.clipped.x, figure.clipped.y, RED, size=5.0, cross=True)
-    ax_image.frame(title="measured edges", xlabel="x (px)", ylabel="y (px)")
-    ax_image.legend([("dot", CYAN, f"lower edge ({figure.measured_low.size})"),
-                     ("dot", ORANGE, f"upper edge ({figure.measured_up.size})"),
-                     ("cross", RED, f"clipped ({figure.clipped.size})")])
-
-    b = figure.outline_b
-    mid = b.size // 2
-    vertical = figure.fitted_axis == "x"
-    for k, order in enumerate(figure.orders):
-        low, up = figure.outline_low[k], figure.outline_up[k]
-        colour = hex_colour(TAB10[k % 10])
-        ax_fit.band(b, low, up, colour, alpha=0.6, vertical=vertical)
-        centre = 0.5 * (low[mid] + up[mid])
-        x, y = (centre, b[mid]) if vertical else (b[mid], centre)
-        ax_fit.text(x, y, str(order), size=7.5, anchor="center", valign="center", bold=True, rotate=vertical)
-    ax_fit.frame(title=figure.fit_title, xlabel="x (px)", yticklabels=False)
-
-    for by_b, by_order, colour in ((figure.residual_low_b, figure.residual_low_order, CYAN),
-                                   (figure.residual_up_b, figure.residual_up_order, ORANGE)):
-        ax_res_b.markers(by_b.x, by_b.y, colour, size=2.0)
-        ax_res_order.markers(by_order.x, by_order.y, colour, size=2.0)
-    ax_res_b.markers(figure.clipped_b.x, figure.clipped_b.y, RED, size=4.0, cross=True)
-    ax_res_order.markers(figure.clipped_order.x, figure.clipped_order.y, RED, size=4.0, cross=True)
-    b_label = "y" if figure.fitted_axis == "x" else "x"
-    y_label = f"residual in {figure.fitted_axis} (px)"
-    for ax in (ax_res_b, ax_res_order):
-        ax.hline(0.0)
-    ax_res_b.frame(title=figure.residual_title, xlabel=f"{b_label} (px, along the orders)", ylabel=y_label, grid=True)
-    ax_res_order.frame(xlabel="order", ylabel=y_label, grid=True, xticks=orders)
-    page.text(0.5 * page.width, 0.955 * page.height, figure.title, size=13.0, anchor="center", valign="center")
-
-
-def _draw_background(page: Page, figure: BackgroundFigure) -> None:
-    boxes = ((0.07, 0.55, 0.43, 0.91), (0.58, 0.55, 0.92, 0.91), (0.07, 0.07, 0.43, 0.43), (0.58, 0.07, 0.92, 0.43))
-    panels = (
-        (figure.fitted, "data used for the fit (gap pixels)", "viridis"),
-        (figure.model, "scattered-light model", "viridis"),
-        (figure.residual, "data − model on the fitted pixels (±5 robust σ)", "RdBu_r"),
-    )
-    for box, (image, label, cmap) in zip(boxes, panels, strict=False):
-        ax = Axes.on(page, box, image.extent[:2], image.extent[2:])
-        ax.fill((0.85, 0.85, 0.85))
-        ax.image(colour_image(image.pixels, vmin=image.vmin, vmax=image.vmax, cmap=cmap), image.extent)
-        if figure.fitted_axis == "x":
-            ax.hline(figure.middle, width=0.6, dash="1 2")
-        else:
-            ax.vline(figure.middle, width=0.6, dash="1 2")
-        ax.frame(title=label, xlabel="x (px)", ylabel="y (px)")
-        ax.colorbar(cmap, image.vmin, image.vmax, label="normalised flux")
-        if image is figure.residual:
-            x0, _, _, y1 = ax.box
-            lines = figure.residual_text.split("\n")
-            width = max(text_width(line, 9.0) for line in lines) + 8.0
-            page.emit(f"q {page.alpha(0.8)} 1 1 1 rg {x0 + 4:.2f} {y1 - 6 - 11 * len(lines):.2f} {width:.2f} "
-                      f"{4 + 11 * len(lines):.2f} re f Q")
-            page.text(x0 + 8.0, y1 - 6.0, figure.residual_text, size=9.0, valign="top")
-
-    used = figure.cut_used
-    ax = Axes.on(page, boxes[3], _span(figure.cut_a, margin=0.0), figure.cut_limits)
-    ax.line(figure.cut_a, figure.cut_data, GREY, width=0.8)
-    ax.markers(figure.cut_a[used], figure.cut_data[used], BLUE, size=2.5)
-    ax.line(figure.cut_a, figure.cut_model, RED, width=1.4)
-    across = figure.fitted_axis
-    along = "y" if across == "x" else "x"
-    ax.frame(title=f"cut across the orders at {along} = {figure.middle} (orders run off the top)",
-             xlabel=f"{across} (px, across the orders)", ylabel="normalised flux", grid=True)
-    ax.legend([("line", GREY, figure.cut_label), ("dot", BLUE, "fitted pixels"), ("line", RED, "model")])
-    page.text(0.5 * page.width, 0.96 * page.height, figure.title, size=13.0, anchor="center", valign="center")
+    canvas = FigureCanvasPdf(draw(figure, qc_rows=qc_rows))
+    title = f"{figure.title} ({figure.stem})" if figure.stem else figure.title
+    canvas.print_figure(path, format="pdf", dpi=RASTER_DPI,
+                        metadata={"Title": title, "Creator": "soxs_mflat", "CreationDate": None})

@@ -1,28 +1,36 @@
-"""QC figures: descriptions built from real step outputs, and the PDF pages drawn from them."""
+"""QC figures: descriptions built from real step outputs, and the pages matplotlib draws from them."""
 
 from __future__ import annotations
 
 import pickle
 import re
-import zlib
+import subprocess
+import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from matplotlib.colors import same_color
+from matplotlib.text import Text
 from synthetic import synthetic_flat
 
 from soxs_mflat import plots
 from soxs_mflat.background import fit_scattered_light
 from soxs_mflat.edges import detect_edges, fit_edges, order_location_table
 from soxs_mflat.footprints import order_bounds
-from soxs_mflat.pdfpage import Axes, Page, colormap, colour_image, nice_ticks, text_width, tick_label
 from soxs_mflat.plots import (
     BackgroundFigure,
     OrderLocationFigure,
+    Points,
+    QCLine,
     background_figure,
     block_average,
     order_location_figure,
     render,
 )
+from soxs_mflat.qc_pages import VERDICT_COLOURS, draw
+
+STEM = "20251012T111444_VIS_1X1_FAST_MFLAT_QTH_0_9X11_15_0S_XSHOOTER"
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +43,21 @@ def figures() -> dict[str, list]:
     table = order_location_table(syn.centre_table, fit, detections, shape_ba=syn.image.shape, binning_ab=(1, 1))
     model = fit_scattered_light(syn.image, order_bounds(table, syn.image.shape, (1, 1)))
     return {
-        axis: [order_location_figure(syn.image, detections, fit, table, fitted_axis=axis, title="synthetic"),
-               background_figure(syn.image - model.model, model, fitted_axis=axis, title="synthetic")]
+        axis: [order_location_figure(syn.image, detections, fit, table, fitted_axis=axis, title="VIS order edges",
+                                     stem=STEM),
+               background_figure(syn.image - model.model, model, fitted_axis=axis, title="VIS", stem=STEM)]
         for axis in ("x", "y")
     } | {"shape": syn.image.shape, "orders": syn.orders}
+
+
+def texts(page: object) -> list[Text]:
+    """Every text artist of a drawn page."""
+    return [artist for artist in page.findobj(Text) if artist.get_text()]
+
+
+def axes_named(page: object, label: str) -> object:
+    """The axes of ``page`` labelled ``label``."""
+    return next(ax for ax in page.axes if ax.get_label() == label)
 
 
 def test_descriptions_are_small_and_in_frame_orientation(figures: dict) -> None:
@@ -52,6 +71,8 @@ def test_descriptions_are_small_and_in_frame_orientation(figures: dict) -> None:
         assert locations.outline_low.shape == (len(figures["orders"]), locations.outline_b.size)
         assert np.all(locations.outline_up > locations.outline_low)
         assert locations.measured_low.size > 100 and locations.residual_limit > 0
+        assert locations.title == f"VIS order edges — {len(figures['orders'])} orders"
+        assert locations.stem == background.stem == STEM
         assert len(pickle.dumps(locations)) < 2_000_000
 
 
@@ -80,86 +101,130 @@ def test_block_average_by_bands_equals_the_whole_image_at_once(monkeypatch: pyte
     assert transposed_extent == (-0.5, 1700 - 0.5, -0.5, 950 - 0.5)
 
 
-def pdf_objects(data: bytes) -> tuple[dict[int, bytes], list[bytes]]:
-    """The objects of a PDF found through its cross-reference table, and its decompressed content streams."""
+def pdf_objects(data: bytes) -> dict[int, bytes]:
+    """The objects of a PDF found through its cross-reference table (each offset must point at its object)."""
     xref = int(re.search(rb"startxref\n(\d+)\n%%EOF", data).group(1))
     assert data[xref:].startswith(b"xref\n0 ")
     count = int(data[xref:].split(b"\n")[1].split()[1])
     entries = data[xref:].split(b"\n")[3 : 2 + count]
     objects = {}
     for number, entry in enumerate(entries, start=1):
-        offset = int(entry.split()[0])
-        assert data[offset:].startswith(f"{number} 0 obj".encode())
-        objects[number] = data[offset : data.index(b"endobj", offset)]
-    streams = [zlib.decompress(body.split(b"stream\n", 1)[1].rsplit(b"\nendstream", 1)[0])
-               for body in objects.values() if b"/FlateDecode" in body and b"/Subtype /Image" not in body]
-    return objects, streams
+        offset, _, kind = entry.split()
+        if kind == b"n":
+            assert data[int(offset):].startswith(f"{number} 0 obj".encode())
+            objects[number] = data[int(offset) : data.index(b"endobj", int(offset))]
+    return objects
 
 
-def test_render_writes_valid_pdfs_with_every_point(figures: dict, tmp_path) -> None:
-    """Every cross-reference offset points at its object, the image streams have the block-averaged
-    size, and every measured edge point is drawn."""
+def test_render_writes_valid_one_page_pdfs(figures: dict, tmp_path) -> None:
+    """A valid PDF of one page, titled with the product stem; the scattered-light images are embedded
+    at their block-averaged size and the point clouds of the order-location page as rasters."""
+    for axis in ("x",):
+        for k, figure in enumerate(figures[axis]):
+            target = tmp_path / f"{axis}{k}.pdf"
+            render(figure, target, qc_rows=[QCLine("X RES SD", 0.01, (0.0, 0.37), "pixels")])
+            data = target.read_bytes()
+            assert data.startswith(b"%PDF-1.") and data.rstrip().endswith(b"%%EOF")
+            objects = pdf_objects(data)
+            assert any(b"/Type /Catalog" in body for body in objects.values())
+            assert [re.search(rb"/Count (\d+)", body).group(1) for body in objects.values()
+                    if b"/Type /Pages" in body] == [b"1"]
+            assert b"/Title (\xfe\xff" in data and STEM.encode("utf-16-be") in data  # document title, in UTF-16
+            images = [body for body in objects.values() if b"/Subtype /Image" in body]
+            if k == 1:
+                rows, cols = figure.model.pixels.shape
+                assert sum(f"/Width {cols} /Height {rows}".encode() in body for body in images) == 3
+            else:
+                assert images and len(data) < 2_000_000
+
+
+def test_the_title_names_the_arm_and_the_product_stem(figures: dict) -> None:
+    for figure in figures["x"]:
+        lines = [text.get_text() for text in texts(draw(figure))]
+        assert figure.title in lines and figure.title.startswith("VIS") and STEM in lines
+
+
+def test_images_are_drawn_at_their_true_aspect_ratio(figures: dict) -> None:
     for axis in ("x", "y"):
         locations, background = figures[axis]
-        for k, figure in enumerate((locations, background)):
-            target = tmp_path / f"{axis}{k}.pdf"
-            render(figure, target)
-            data = target.read_bytes()
-            assert data.startswith(b"%PDF-1.4") and data.endswith(b"%%EOF\n")
-            objects, streams = pdf_objects(data)
-            assert any(b"/Type /Catalog" in body for body in objects.values())
-            content = streams[0].decode("latin-1")
-            images = [body for body in objects.values() if b"/Subtype /Image" in body]
-            rows, cols = figure.image.pixels.shape if k == 0 else figure.model.pixels.shape
-            assert any(f"/Width {cols} /Height {rows}".encode() in body for body in images)
-            if k == 0:
-                n_points = 2 * (locations.measured_low.size + locations.measured_up.size)  # image + residual panels
-                assert content.count(" re") >= n_points
-                assert all(f"({order}) Tj" in content for order in locations.orders)
-            else:
-                assert "(scattered-light model) Tj" in content
+        residual = "data − model on the fitted pixels (±5 robust σ)"
+        for figure, labels in ((locations, ("detector image", "fitted edges")),
+                               (background, ("data used for the fit", "scattered-light model", residual))):
+            page = draw(figure)
+            width_in, height_in = page.get_size_inches()
+            image = figure.image if figure is locations else figure.model
+            left, right, bottom, top = image.extent
+            for label in labels:
+                ax = axes_named(page, label)
+                box = ax.get_position()
+                assert box.width * width_in / (box.height * height_in) == pytest.approx((right - left) / (top - bottom))
+                assert ax.get_xlim() == pytest.approx((left, right)) and ax.get_ylim() == pytest.approx((bottom, top))
 
 
-def test_page_text_is_escaped_and_measured(tmp_path) -> None:
-    page = Page.inches(4, 3)
-    page.text(10, 10, "a (b) \\ c — σ − 5 ×", size=10)
-    page.save(tmp_path / "text.pdf")
-    _, streams = pdf_objects((tmp_path / "text.pdf").read_bytes())
-    assert "(a \\(b\\) \\\\ c \\227 sigma  - 5 \\327) Tj" in streams[0].decode("latin-1")
-    assert text_width("ii", 10) == pytest.approx(4.44) and text_width("MM", 10) == pytest.approx(16.66)
+def test_off_scale_residuals_are_counted_and_drawn_on_the_edge(figures: dict) -> None:
+    figure = figures["x"][0]
+    limit = figure.residual_limit
+    wild = figure.residual_up_b.y.copy()
+    wild[:7] = 4.0 * limit
+    wild[7:12] = -3.0 * limit
+    figure = replace(figure, residual_up_b=Points(figure.residual_up_b.x, wild))
+    expected = sum(int(np.count_nonzero(np.abs(points.y) > limit))
+                   for points in (figure.residual_low_b, figure.residual_up_b, figure.clipped_b))
+    assert expected >= 12
+    page = draw(figure)
+    ax = axes_named(page, "residuals along the orders")
+    assert f"{expected} points beyond ±{limit:.3g} px" in ax.get_title()
+    edge = np.concatenate([collection.get_offsets()[:, 1] for collection in ax.collections])
+    assert edge.size == expected and np.allclose(np.abs(edge), limit)
+    assert np.count_nonzero(edge > 0) >= 7 and np.count_nonzero(edge < 0) >= 5
+    assert ax.get_ylim() == pytest.approx((-limit, limit))
 
 
-def test_ticks_are_round_and_labels_as_precise_as_their_spacing() -> None:
-    np.testing.assert_allclose(nice_ticks(-0.5, 3999.5), [0, 1000, 2000, 3000])
-    np.testing.assert_allclose(nice_ticks(-0.06, 0.06), [-0.05, -0.025, 0, 0.025, 0.05])
-    assert nice_ticks(1.0, 1.0).tolist() == [1.0]
-    assert [tick_label(v, 0.025) for v in (-0.05, 0.0, 0.025)] == ["-0.050", "0.000", "0.025"]
-    assert tick_label(2000.0, 1000.0) == "2000" and tick_label(0.5, 0.5) == "0.5"
+def test_qc_verdicts_use_inclusive_bounds() -> None:
+    assert QCLine("X RES SD", 0.37, (0.0, 0.37)).verdict == "pass"
+    assert QCLine("X RES SD", 0.0, (0.0, 0.37)).verdict == "pass"
+    assert QCLine("X RES SD", 0.371, (0.0, 0.37)).verdict == "fail"
+    assert QCLine("X RES SD", float("nan"), (0.0, 0.37)).verdict == "fail"
+    assert QCLine("COLDPIX NUM", 3913.0).verdict == "no range"
 
 
-def test_colour_images_map_limits_to_the_ends_of_the_colormap() -> None:
-    pixels = np.array([[0.0, 0.5, 1.0, np.nan, 7.0]])
-    rgb = colour_image(pixels, vmin=0.0, vmax=1.0, cmap="viridis")
-    table = colormap("viridis")
-    assert rgb.shape == (1, 5, 3) and rgb.dtype == np.uint8
-    assert (rgb[0, 0] == table[0]).all() and (rgb[0, 2] == table[-1]).all() and (rgb[0, 4] == table[-1]).all()
-    assert (rgb[0, 3] == 217).all()
-    assert tuple(colormap("gray")[128]) == (128, 128, 128)
+def test_the_qc_table_shows_limits_and_verdicts_failures_in_red(figures: dict) -> None:
+    rows = [QCLine("ORDEXP90", 38108.5, (10000.0, 150000.0), "electrons"), QCLine("X RES SD", 0.5, (0.0, 0.37), "pixels"),
+            QCLine("COLDPIX NUM", 3913.0)]
+    for figure in figures["x"]:
+        page = draw(figure, qc_rows=rows)
+        by_text = {text.get_text(): text for text in texts(page)}
+        assert "QC: 1 of 3 FAIL (X RES SD)" in by_text and "[0, 0.37]" in by_text and "[10000, 150000]" in by_text
+        assert same_color(by_text["FAIL"].get_color(), VERDICT_COLOURS["fail"])
+        assert same_color(by_text["X RES SD"].get_color(), VERDICT_COLOURS["fail"])
+        assert same_color(by_text["pass"].get_color(), VERDICT_COLOURS["pass"]) and "no range" in by_text
+        assert "0.5 pixels" in by_text and "38108 electrons" in by_text
 
 
-def test_axes_map_data_to_the_box_and_skip_non_finite_points(tmp_path) -> None:
-    page = Page.inches(4, 3)
-    ax = Axes.on(page, (0.25, 0.25, 0.75, 0.75), (0.0, 10.0), (-1.0, 1.0))
-    px, py = ax.to_page(np.array([0.0, 10.0]), np.array([-1.0, 1.0]))
-    np.testing.assert_allclose(px, [72.0, 216.0])
-    np.testing.assert_allclose(py, [54.0, 162.0])
-    ax.markers(np.array([1.0, np.nan, 3.0]), np.array([0.0, 0.5, np.inf]), (1.0, 0.0, 0.0))
-    ax.line(np.arange(6.0), np.array([0.0, 0.1, np.nan, 0.2, 0.3, 0.4]), (0.0, 0.0, 1.0))
-    page.save(tmp_path / "axes.pdf")
-    _, streams = pdf_objects((tmp_path / "axes.pdf").read_bytes())
-    content = streams[0].decode("latin-1")
-    assert content.count(" re f") == 1 and content.count(" re") == 3  # one marker, plus two clip boxes
-    assert content.count(" m ") == 2 and content.count(" l") == 3  # the line breaks at the NaN
+def test_a_long_qc_list_keeps_its_failures_and_counts_the_rest(figures: dict) -> None:
+    rows = [QCLine(f"N SLICES {k}", 700.0 + k, (100.0, 10000.0)) for k in range(40)] + [QCLine("COLDPIX FRAC", 0.2, (0.0, 0.01))]
+    lines = [text.get_text() for text in texts(draw(figures["x"][0], qc_rows=rows))]
+    shown = [line for line in lines if line.startswith("N SLICES")]
+    assert "COLDPIX FRAC" in lines and "QC: 1 of 41 FAIL (COLDPIX FRAC)" in lines
+    assert 5 < len(shown) < 40 and f"… and {40 - len(shown)} more (0 failing)" in lines
+
+
+def test_rendering_on_a_worker_thread_leaves_pyplot_and_the_backend_alone(figures: dict, tmp_path) -> None:
+    """A host application keeps its matplotlib backend: render never imports pyplot or picks a backend."""
+    pickled = tmp_path / "figure.pkl"
+    pickled.write_bytes(pickle.dumps(figures["x"][1]))
+    script = (
+        "import pickle, sys, threading, matplotlib\n"
+        "from soxs_mflat.plots import render\n"
+        "backend = matplotlib.rcParams._get('backend')\n"
+        f"figure = pickle.loads(open({str(pickled)!r}, 'rb').read())\n"
+        f"worker = threading.Thread(target=render, args=(figure, {str(tmp_path / 'page.pdf')!r}))\n"
+        "worker.start(); worker.join()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+        "assert matplotlib.rcParams._get('backend') == backend\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert (tmp_path / "page.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_a_figure_that_cannot_be_written_is_logged_not_fatal(figures: dict, tmp_path, caplog) -> None:
