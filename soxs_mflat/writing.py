@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,8 @@ def write_products(transaction: ProductTransaction, paths: ProductPaths, inputs:
         drawn: list[tuple[Future, ProductRecord]] = []
         for flat, lamp in outputs:
             qc_rows = deduplicate(flat.qc)
-            drawn += [(figures.submit(plots.render, figure, transaction.temporary(path), qc_rows=qc_rows), record)
+            frame_rows = [row for row in qc_rows if row.order == -1]
+            drawn += [(figures.submit(plots.render, figure, transaction.temporary(path), qc_rows=frame_rows), record)
                       for figure, path, record in _figures(flat, lamp, paths)]
             records += _stage_fits(transaction, paths, inputs, settings, flat, lamp, qc_rows)
         for future, record in drawn:
@@ -109,7 +110,7 @@ def _stage_fits(transaction: ProductTransaction, paths: ProductPaths, inputs: Ve
 def _figures(flat: LampFlat, lamp: str, paths: ProductPaths) -> list[tuple[object, Path, ProductRecord]]:
     """The QC figures described for ``flat``, where each goes, and its record."""
     suffix = f"_{lamp}" if lamp else ""
-    edges_figure, light_figure = flat.figures
+    edges_figure, light_figure = (None if figure is None else replace(figure, stem=paths.stem) for figure in flat.figures)
     figures = [(edges_figure, paths.order_location_plot(lamp),
                 ProductRecord(f"ORDER_LOC_RES{suffix}", paths.order_location_plot(lamp), "PDF", "QC",
                               "order edge detections, fits and residuals"))]

@@ -225,38 +225,3 @@ def test_rendering_on_a_worker_thread_leaves_pyplot_and_the_backend_alone(figure
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     assert (tmp_path / "page.pdf").read_bytes().startswith(b"%PDF")
-
-
-def test_a_figure_that_cannot_be_written_is_logged_not_fatal(figures: dict, tmp_path, caplog) -> None:
-    """The recipe draws each figure into a temporary file; one it cannot write costs a warning, not the run."""
-    from soxs_mflat.products import product_paths
-    from soxs_mflat.recipe import MasterFlatRecipe
-    from soxs_mflat.sof import InputSet
-
-    recipe = MasterFlatRecipe(InputSet(source="test", files=(), sof=None))
-    recipe._product_paths = product_paths(stem="good", root=tmp_path, instrument="soxs")
-    recipe._plot("ORD_LOC", "", lambda: figures["x"][0])
-    (tmp_path / "blocked").write_text("a file where the qc folder should go")
-    recipe._product_paths = product_paths(stem="bad", root=tmp_path / "blocked", instrument="soxs")
-    recipe._plot("BKGROUND", "", lambda: figures["x"][1])
-    with caplog.at_level("WARNING", logger="soxs_mflat"):
-        written = recipe._finish_plots()
-    assert [plot.path.name for plot in written] == ["good_ORD_LOC.pdf"] and written[0].path.exists()
-    assert "bad_BKGROUND.pdf was not written" in caplog.text
-    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "qc" / "soxs_mflat").iterdir())
-
-
-def test_a_failed_run_stops_drawing_and_leaves_no_temporary_files(figures: dict, tmp_path) -> None:
-    from soxs_mflat.products import product_paths
-    from soxs_mflat.recipe import MasterFlatRecipe
-    from soxs_mflat.sof import InputSet
-
-    def broken() -> None:
-        raise RuntimeError("no figure")
-
-    recipe = MasterFlatRecipe(InputSet(source="test", files=(), sof=None))
-    recipe._product_paths = product_paths(stem="run", root=tmp_path, instrument="soxs")
-    recipe._plot("ORD_LOC", "", lambda: figures["x"][0])
-    recipe._plot("BKGROUND", "", broken)
-    recipe._discard_plots()
-    assert not list(tmp_path.rglob("*.pdf*")) and recipe._plots == []
