@@ -9,7 +9,6 @@ a few frames.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import pairwise
@@ -20,6 +19,7 @@ import numpy as np
 
 from soxs_mflat.detrend import NoiseModel
 from soxs_mflat.footprints import interval_mask
+from soxs_mflat.parallel import map_threads
 from soxs_mflat.robust import MAD_TO_SIGMA, partition_median
 
 CHUNK_PIXELS = 1 << 17
@@ -199,11 +199,11 @@ def band_sample(band: np.ndarray, *, max_pixels: int = RATIO_SAMPLE_PIXELS) -> n
     return sample
 
 
-def measure_levels(cube: FlatCube, band: np.ndarray, *, workers: int = 2) -> ExposureLevels:
+def measure_levels(cube: FlatCube, band: np.ndarray) -> ExposureLevels:
     """Robust exposure level (e⁻) of each flat from its finite pixels in the band.
 
     The level is a 3σ-clipped mean around the median (MAD spread), which ignores defects and cosmic
-    rays but keeps the statistical precision of a mean. Flats are measured on ``workers`` threads.
+    rays but keeps the statistical precision of a mean.
     """
     cube = cube.with_levels(np.ones(cube.n_flats))
 
@@ -212,10 +212,9 @@ def measure_levels(cube: FlatCube, band: np.ndarray, *, workers: int = 2) -> Exp
         values = values[np.isfinite(values)]
         if values.size == 0:
             return np.nan, np.full(3, np.nan)
-        return clipped_mean(values, sigma=3.0), _percentiles(values, (10, 50, 90))
+        return clipped_mean(values, sigma=3.0), np.percentile(values, (10, 50, 90))
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        measured = list(pool.map(measure, range(cube.n_flats)))
+    measured = map_threads(measure, range(cube.n_flats))
     return ExposureLevels(np.array([m[0] for m in measured]), np.array([m[1] for m in measured]))
 
 
@@ -240,25 +239,7 @@ def clipped_mean(values: np.ndarray, *, sigma: float, iterations: int = 5) -> fl
     return float(np.mean(values[np.abs(values - np.float32(centre)) <= sigma * spread], dtype=np.float64))
 
 
-def _percentiles(values: np.ndarray, percents: tuple[float, ...]) -> np.ndarray:
-    """``np.percentile(values, percents)`` (linear interpolation, no NaN), by single-rank partitions."""
-    work = values.copy()
-    n = work.size
-    result = []
-    for percent in percents:
-        quantile = percent / 100
-        position = n * quantile + (1 - quantile) - 1
-        below = min(int(np.floor(position)), n - 1)
-        gamma = position - below
-        work.partition(below)
-        low = work[below]
-        high = work[below + 1 :].min() if below + 1 < n else low
-        difference = float(high - low)
-        result.append(float(low) + difference * gamma if gamma < 0.5 else float(high) - difference * (1 - gamma))
-    return np.array(result)
-
-
-def ratio_levels(cube: FlatCube, reference: np.ndarray, band: np.ndarray, *, workers: int = 2) -> np.ndarray:
+def ratio_levels(cube: FlatCube, reference: np.ndarray, band: np.ndarray) -> np.ndarray:
     """Second-pass level of each (normalised) flat: clipped mean of ``flat / reference`` over the band."""
     good_reference = band & np.isfinite(reference) & (reference > 0)
     reference_values = reference[good_reference]
@@ -269,8 +250,7 @@ def ratio_levels(cube: FlatCube, reference: np.ndarray, band: np.ndarray, *, wor
         ratio = ratio[np.isfinite(ratio)]
         return clipped_mean(ratio, sigma=3.0) if ratio.size else np.nan
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return np.array(list(pool.map(level, range(cube.n_flats))))
+    return np.array(map_threads(level, range(cube.n_flats)))
 
 
 def sigma_clipped_stack(
@@ -280,7 +260,6 @@ def sigma_clipped_stack(
     sigma: float,
     iterations: int,
     where: np.ndarray | None = None,
-    workers: int = 2,
 ) -> StackResult:
     """Combine the normalised flats of ``cube`` pixel by pixel.
 
@@ -293,7 +272,7 @@ def sigma_clipped_stack(
 
     The spread is never below the expected noise, so a pixel whose values span less than ``sigma``
     times that noise cannot lose a value: only the few pixels that fail this test are sorted and
-    clipped. Row blocks small enough to stay in cache are shared among ``workers`` threads.
+    clipped. Row blocks small enough to stay in cache are shared among threads.
     """
     n_rows, n_cols = cube.frame_shape
     allocate = np.empty if where is None else partial(np.full, fill_value=np.nan)
@@ -303,11 +282,7 @@ def sigma_clipped_stack(
     block = _Block(cube, noise, np.float32(sigma), iterations, where)
     outputs = (data, uncertainty, n_used)
     blocks = _row_blocks(n_rows, n_cols, where)
-    if workers > 1 and len(blocks) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            n_clipped = sum(pool.map(lambda rows: block.combine(rows, outputs), blocks))
-    else:
-        n_clipped = sum(block.combine(rows, outputs) for rows in blocks)
+    n_clipped = sum(map_threads(lambda rows: block.combine(rows, outputs), blocks))
     return StackResult(data, uncertainty, n_used == 0, n_used, int(n_clipped))
 
 

@@ -2,7 +2,7 @@
 
 Every file is staged in a :class:`~soxs_mflat.transaction.ProductTransaction` and renamed into place
 with the others only when all are complete. The QC figures are drawn on one worker thread while the
-FITS files are written: this is the recipe's only concurrency.
+FITS files are written (:func:`soxs_mflat.parallel.alongside`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from soxs_mflat.flatfield import LampFlat
 from soxs_mflat.footprints import frame_binning_ab, from_ba
 from soxs_mflat.inputs import VerifiedInputs
 from soxs_mflat.order_table import to_hdus
+from soxs_mflat.parallel import alongside
 from soxs_mflat.products import ProductPaths, image_hdus, primary_image_hdu, provenance_header
 from soxs_mflat.qc import QCRow, deduplicate, qc_table
 from soxs_mflat.settings import Settings
@@ -54,21 +55,19 @@ def write_products(transaction: ProductTransaction, paths: ProductPaths, inputs:
     outputs = [*((lamp, lamp.lamp) for lamp in lamps), (final, "")] if len(lamps) > 1 else [(final, "")]
     final_qc = deduplicate(final.qc)
     records: list[ProductRecord] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="soxs-figures") as figures:
-        drawn: list[tuple[Future, ProductRecord]] = []
+    pages = [(partial(plots.render, figure, transaction.temporary(path),
+                      qc_rows=[row for row in deduplicate(flat.qc) if row.order == -1]), record)
+             for flat, lamp in outputs for figure, path, record in _figures(flat, lamp, paths)]
+    with alongside(page for page, _ in pages) as drawn:
         for flat, lamp in outputs:
-            qc_rows = deduplicate(flat.qc)
-            frame_rows = [row for row in qc_rows if row.order == -1]
-            drawn += [(figures.submit(plots.render, figure, transaction.temporary(path), qc_rows=frame_rows), record)
-                      for figure, path, record in _figures(flat, lamp, paths)]
-            records += _stage_fits(transaction, paths, inputs, settings, flat, lamp, qc_rows)
-        for future, record in drawn:
-            error = future.exception()
-            if error is None:
-                records.append(record)
-            else:  # a QC figure never costs the products
-                LOGGER.warning("QC figure %s was not written: %s", record.path.name, error)
-                transaction.forget(record.path)
+            records += _stage_fits(transaction, paths, inputs, settings, flat, lamp, deduplicate(flat.qc))
+    for future, (_, record) in zip(drawn, pages, strict=True):
+        error = future.exception()
+        if error is None:
+            records.append(record)
+        else:  # a QC figure never costs the products
+            LOGGER.warning("QC figure %s was not written: %s", record.path.name, error)
+            transaction.forget(record.path)
     obs_date = str(final.flats[0].header.get("DATE-OBS", ""))
     table = qc_table(final_qc, obs_date=obs_date, reduction_date=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()))
     transaction.stage_text(paths.qc_table(), table.to_csv(index=False, float_format="%.6g"))

@@ -7,8 +7,6 @@ along B and both edges are measured on the 1-D profile. Works in BA orientation 
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 import bottleneck as bn
@@ -17,8 +15,8 @@ import numpy as np
 from soxs_mflat.edges.slices import HALF_WINDOW, SliceEdges, SliceFlag, measure_slice_edges
 from soxs_mflat.errors import UserInputError
 from soxs_mflat.order_table import OrderTable
+from soxs_mflat.parallel import WORKERS, map_threads
 
-WORKERS = min(2, os.cpu_count() or 1)
 """Threads sharing the slices of :func:`detect_edges` (each slice is measured on its own)."""
 MIN_SLICES_PER_WORKER = 500
 """Fewer slices per thread than this are measured on one thread (threads would not pay)."""
@@ -193,8 +191,7 @@ def detect_edges(
         edges = measure(slice(0, n_slices))
     else:
         parts = [slice(k * n_slices // WORKERS, (k + 1) * n_slices // WORKERS) for k in range(WORKERS)]
-        with ThreadPoolExecutor(WORKERS) as pool:
-            measured = list(pool.map(measure, parts))
+        measured = map_threads(measure, parts)
         edges = SliceEdges(*(np.concatenate([getattr(m, f.name) for m in measured]) for f in fields(SliceEdges)))
     max_threshold, min_threshold, max_value = _order_thresholds(orders, order, edges, min_threshold_pct, max_threshold_pct)
     return EdgeDetections(
