@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import tracemalloc
 from dataclasses import dataclass
 
 import bottleneck as bn
@@ -16,15 +18,16 @@ from soxs_mflat.badpixels import (
     LOW_SENSITIVITY,
     PARTIAL_EDGE,
     BadPixelResult,
-    _exact_along,
-    _Image,
-    _nanmedian,
-    _Orders,
     bad_pixel_qc,
+    bands,
     calibration_hot_pixels,
     find_bad_pixels,
     hot_in_frame,
+    thresholds,
 )
+from soxs_mflat.badpixels.bands import MaskedImage, OrderPixels
+from soxs_mflat.badpixels.local_model import exact_along
+from soxs_mflat.badpixels.thresholds import false_alarm_sigma, low_sensitivity_threshold
 from soxs_mflat.footprints import OrderBounds, edge_distance, order_labels
 
 DEFAULTS = {"low_sensitivity_sigma": 5.0, "hot_sigma": 5.0, "dead_limit": 0.5, "edge_min_fraction": 0.5}
@@ -137,6 +140,12 @@ def result(scene: DefectScene) -> BadPixelResult:
     return find_bad_pixels(scene.flat, scene.errs, scene.bounds, **DEFAULTS)
 
 
+@pytest.fixture(scope="module")
+def faint() -> DefectScene:
+    """Orders so faint (1.5–3.5 % noise) that the 8 % depth does not keep noise from a 2σ test."""
+    return make_defect_scene(levels=(0.01, 0.03), seed=5, fraction=2e-3)
+
+
 def test_every_kind_is_found_with_high_precision(scene: DefectScene, result: BadPixelResult) -> None:
     assert recall(result, scene.truth["dead"]) >= 0.99
     assert recall(result, scene.truth["low_sensitivity"]) >= 0.95
@@ -163,8 +172,7 @@ def test_dust_donuts_stay_in_the_flat(scene: DefectScene, result: BadPixelResult
     assert np.mean(result.mask[dust]) <= 0.01
 
 
-def test_faint_orders_keep_precision() -> None:
-    faint = make_defect_scene(levels=(0.01, 0.03), seed=5, fraction=2e-3)
+def test_faint_orders_keep_precision(faint: DefectScene) -> None:
     result = find_bad_pixels(faint.flat, faint.errs, faint.bounds, **DEFAULTS)
     relative_noise = np.median((faint.errs / np.maximum(faint.flat, 1e-3))[faint.labels > 0])
     assert 0.015 < relative_noise < 0.035
@@ -252,29 +260,16 @@ def test_counts_and_qc_numbers_agree(scene: DefectScene) -> None:
     assert qc["N LOW SENS"] > 0
 
 
-@pytest.mark.parametrize("length", [3, 5, 8, 21, 32, 80])
-def test_nanmedian_matches_numpy(length: int) -> None:
-    rng = np.random.default_rng(length)
-    values = rng.standard_normal((400, length)).astype(np.float32)
-    values[rng.random(values.shape) < 0.3] = np.nan
-    values[0] = np.nan
-    median, count = _nanmedian(values)
-    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
-        expected = np.nanmedian(values, axis=1)
-    np.testing.assert_allclose(median, expected, rtol=1e-6, equal_nan=True)
-    assert np.array_equal(count, np.count_nonzero(~np.isnan(values), axis=1))
-
-
 def test_exact_running_median_at_edges_matches_bottleneck(scene: DefectScene) -> None:
     """The running median along B read from strips equals bottleneck's over the whole column (NaN off
     the traced rows and on masked pixels), away from the frame's ends."""
     mask = np.zeros(scene.flat.shape, dtype=bool)
     mask[::97, ::13] = True
-    orders = _Orders.of(scene.bounds, scene.flat.shape, 7)
-    k, r, c = orders.bands.pixels(orders.in_order & ~orders.inner)
+    orders = OrderPixels.of(scene.bounds, scene.flat.shape, 7)
+    k, r, c = orders.edge_pixels()
     away = (r >= 10) & (r < scene.flat.shape[0] - 10)
     k, r, c = k[away], r[away], c[away]
-    got = _exact_along(_Image(scene.flat, mask), orders, (k, r, c), 21)
+    got = exact_along(MaskedImage(scene.flat, mask), orders.bounds.valid, (k, r, c), 21)
     data = np.where(mask, np.nan, scene.flat)
     full = bn.move_median(np.pad(data, ((10, 10), (0, 0)), constant_values=np.nan), 21, axis=0, min_count=7)[20:]
     np.testing.assert_allclose(got, full[r, c], rtol=1e-6)
@@ -290,3 +285,67 @@ def test_hot_column_in_a_dark_reaches_the_order_edges() -> None:
     inside = distance >= 0
     assert np.all(hot[inside[:, 100], 100])
     assert np.count_nonzero(hot[:, :99]) + np.count_nonzero(hot[:, 102:]) <= 5
+
+
+def test_candidates_in_chunks_give_the_same_mask(scene: DefectScene, result: BadPixelResult,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bands, "CHUNK_PIXELS", 97)
+    monkeypatch.setattr(bands, "SCAN_PIXELS", 5000)
+    chunked = find_bad_pixels(scene.flat, scene.errs, scene.bounds, **DEFAULTS)
+    np.testing.assert_array_equal(chunked.codes, result.codes)
+
+
+def test_memory_does_not_grow_with_the_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A low hot-pixel threshold makes far more candidates (and finds ~40x more hot pixels at 1.5σ than at
+    3σ); they are tested a bounded number at a time (here 500), so the peak of memory stays the same."""
+    monkeypatch.setattr(bands, "CHUNK_PIXELS", 500)
+    scene = make_defect_scene(n_b=500, fraction=0.0)
+    peaks, found = [], []
+    tracemalloc.start()
+    try:
+        for hot_sigma in (3.0, 1.5):
+            tracemalloc.reset_peak()
+            start = tracemalloc.get_traced_memory()[0]
+            result = find_bad_pixels(scene.flat, scene.errs, scene.bounds, **{**DEFAULTS, "hot_sigma": hot_sigma})
+            peaks.append(tracemalloc.get_traced_memory()[1] - start)
+            found.append(result.counts["hot"])
+    finally:
+        tracemalloc.stop()
+    assert found[1] > 20 * found[0] > 0
+    assert peaks[1] < 1.15 * peaks[0]
+
+
+def test_false_alarm_floor_without_depth_is_the_gaussian_false_alarm_threshold() -> None:
+    n_pixels = 200_000
+    noise = np.full(n_pixels, 0.01)
+    floor = low_sensitivity_threshold(2.0, noise, depth=0.0)
+    exact = false_alarm_sigma(n_pixels, expected_false=thresholds.FALSE_ALARMS)
+    assert exact <= floor < exact + thresholds.FLOOR_STEP
+    assert low_sensitivity_threshold(2.0, noise, depth=0.12) == 2.0, "a 12σ depth lets no noise through"
+    assert low_sensitivity_threshold(6.0, noise, depth=0.0) == 6.0
+
+
+def test_soxspipe_sigma_is_raised_where_it_would_flag_noise(faint: DefectScene, caplog: pytest.LogCaptureFixture) -> None:
+    """soxspipe's ``low-sensitivity-clipping-sigma: 2`` on faint orders would flag noise (precision ~0.77
+    without the floor); the floor keeps the precision and says so, naming the key and both values."""
+    with caplog.at_level(logging.WARNING, logger="soxs_mflat"):
+        result = find_bad_pixels(faint.flat, faint.errs, faint.bounds, **{**DEFAULTS, "low_sensitivity_sigma": 2.0})
+    warnings = [record for record in caplog.records if "low-sensitivity-clipping-sigma" in record.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    requested, _, used, _ = warnings[0].args
+    assert requested == 2.0 and 3.0 < used < 5.0
+    assert f"{used:.2f}" in warnings[0].getMessage()
+    assert precision(faint, result) >= 0.99
+    at_floor = find_bad_pixels(faint.flat, faint.errs, faint.bounds, **{**DEFAULTS, "low_sensitivity_sigma": used})
+    np.testing.assert_array_equal(result.codes, at_floor.codes)
+    assert recall(result, faint.truth["dead"]) >= 0.99
+
+
+def test_default_sigma_is_left_alone(faint: DefectScene, caplog: pytest.LogCaptureFixture,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    with caplog.at_level(logging.WARNING, logger="soxs_mflat"):
+        result = find_bad_pixels(faint.flat, faint.errs, faint.bounds, **DEFAULTS)
+    assert not [record for record in caplog.records if "low-sensitivity" in record.getMessage()]
+    monkeypatch.setattr(thresholds, "FALSE_ALARMS", np.inf)
+    without_floor = find_bad_pixels(faint.flat, faint.errs, faint.bounds, **DEFAULTS)
+    np.testing.assert_array_equal(result.codes, without_floor.codes)
