@@ -8,7 +8,12 @@ and keeps its traceback.
 
 
 class UserInputError(Exception):
-    """A problem with the inputs or settings that the user can fix."""
+    """A problem with the inputs or settings that the user can fix.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
+    ``message`` becomes one paragraph (its white space folded); ``details`` (e.g. file names) follow
+    it, one per line.
+    """
+
+    def __init__(self, message: str, *, details: tuple[str, ...] = ()) -> None:
+        paragraph = " ".join(message.split())
+        super().__init__("".join([paragraph, *(f"\n  {line}" for line in details)]))

@@ -231,10 +231,10 @@ class MasterFlatRecipe:
         held.enter_context(StemLock(paths.products_dir, paths.stem))
         existing = paths.existing(s.lamp for s in inputs.lamp_sets)
         if existing and not self.overwrite:
-            listing = "\n".join(f"  {path.relative_to(paths.root)}" for path in existing)
             raise UserInputError(
                 f"Products of this set already exist in {paths.root}; nothing was changed. Rerun with -x to overwrite "
-                f"them, or choose another output directory with -o. The files:\n{listing}"
+                "them, or choose another output directory with -o. The files:",
+                details=tuple(str(path.relative_to(paths.root)) for path in existing),
             )
         return paths
 

@@ -18,7 +18,6 @@ from soxs_mflat.badpixels import (
     LOW_SENSITIVITY,
     PARTIAL_EDGE,
     BadPixelResult,
-    bad_pixel_qc,
     bands,
     calibration_hot_pixels,
     find_bad_pixels,
@@ -29,6 +28,7 @@ from soxs_mflat.badpixels.bands import MaskedImage, OrderPixels
 from soxs_mflat.badpixels.local_model import exact_along
 from soxs_mflat.badpixels.thresholds import false_alarm_sigma, low_sensitivity_threshold
 from soxs_mflat.footprints import OrderBounds, edge_distance, order_labels
+from soxs_mflat.qc import bad_pixel_counts
 
 DEFAULTS = {"low_sensitivity_sigma": 5.0, "hot_sigma": 5.0, "dead_limit": 0.5, "edge_min_fraction": 0.5}
 DEAD_COLUMN, LOW_COLUMN = 333, 517
@@ -251,13 +251,15 @@ def test_counts_and_qc_numbers_agree(scene: DefectScene) -> None:
     assert np.array_equal(result.mask, input_mask | (result.codes != 0))
     for name, code in (("dead", DEAD), ("hot", HOT), ("low_sensitivity", LOW_SENSITIVITY), ("partial_edge", PARTIAL_EDGE)):
         assert result.counts[name] == np.count_nonzero(result.kind(code))
-    qc = bad_pixel_qc(result, result.mask)
-    edge_only = result.order_edge_only
-    assert qc["N LOW SENS"] == np.count_nonzero(result.kind(DEAD) | result.kind(LOW_SENSITIVITY))
-    assert qc["N ORDER EDGE"] == np.count_nonzero(edge_only)
-    assert qc["COLDPIX NUM"] == np.count_nonzero(result.mask) - qc["N ORDER EDGE"]
+    everywhere = np.ones(result.mask.shape, dtype=bool)
+    qc = bad_pixel_counts(result, result.mask, everywhere)
+    dead, hot, low = result.kind(DEAD), result.kind(HOT), result.kind(LOW_SENSITIVITY)
+    assert qc["N DEAD"] == np.count_nonzero(dead) and qc["N HOT"] == np.count_nonzero(hot) > 0
+    assert qc["N LOW SENS"] == np.count_nonzero(low & ~dead) > 0
+    assert qc["N ORDER EDGE"] == np.count_nonzero(result.order_edge_only)
+    assert qc["COLDPIX NUM"] == np.count_nonzero(dead | low)  # cold pixels: never the hot ones
     assert qc["COLDPIX FRAC"] == round(qc["COLDPIX NUM"] / result.mask.size, 6)
-    assert qc["N LOW SENS"] > 0
+    assert qc["BADPIX NUM"] == np.count_nonzero(result.mask)
 
 
 def test_exact_running_median_at_edges_matches_bottleneck(scene: DefectScene) -> None:

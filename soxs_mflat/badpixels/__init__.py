@@ -18,7 +18,7 @@ The modules, in the order the search uses them:
 """
 
 from soxs_mflat.badpixels.frame_hot import calibration_hot_pixels, hot_in_frame
-from soxs_mflat.badpixels.result import DEAD, HOT, LOW_SENSITIVITY, PARTIAL_EDGE, BadPixelResult, bad_pixel_qc
+from soxs_mflat.badpixels.result import DEAD, HOT, LOW_SENSITIVITY, PARTIAL_EDGE, BadPixelResult
 from soxs_mflat.badpixels.search import find_bad_pixels
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "LOW_SENSITIVITY",
     "PARTIAL_EDGE",
     "BadPixelResult",
-    "bad_pixel_qc",
     "calibration_hot_pixels",
     "find_bad_pixels",
     "hot_in_frame",

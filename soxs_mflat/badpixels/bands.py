@@ -8,7 +8,6 @@ statistics along B can be taken per band column and block of rows (:class:`BandL
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,9 +23,6 @@ CHUNK_PIXELS = 2**12
 the search does not grow with their number."""
 SCAN_PIXELS = 2**20
 """Band pixels scanned at a time for the marked ones (see :meth:`BandLayout.pixels_in_chunks`)."""
-
-WORKERS = min(2, os.cpu_count() or 1)
-"""Sets of orders searched at once by threads (numpy and bottleneck release the GIL while they compute)."""
 
 Pixels = tuple[np.ndarray, np.ndarray, np.ndarray]
 """Scattered band pixels as three arrays: band (order), frame row and frame column."""

@@ -14,7 +14,6 @@ import numpy as np
 
 from soxs_mflat.badpixels.bands import (
     EDGE_ZONE,
-    WORKERS,
     BandLayout,
     MaskedImage,
     OrderPixels,
@@ -35,6 +34,7 @@ from soxs_mflat.badpixels.block_statistics import (
 from soxs_mflat.badpixels.local_model import local_model
 from soxs_mflat.badpixels.thresholds import CANDIDATE_FRACTION, false_alarm_sigma
 from soxs_mflat.footprints import OrderBounds
+from soxs_mflat.parallel import WORKERS
 
 LEVEL_WINDOW = 15
 """Rows of the running median along B that gives a dark or bias frame's local level."""

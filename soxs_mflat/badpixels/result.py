@@ -67,23 +67,3 @@ class BadPixelResult:
     def order_edge_only(self) -> np.ndarray:
         """Partly illuminated edge pixels that are bad for no other reason (spec §8 ``N ORDER EDGE``)."""
         return (self.codes == PARTIAL_EDGE) & ~self.input_mask
-
-
-def bad_pixel_qc(result: BadPixelResult, final_mask: np.ndarray) -> dict[str, float | int]:
-    """QC values of spec §8 from a result and the final QUAL mask (bool, BA orientation).
-
-    ``N LOW SENS``: new dead or low-sensitivity pixels; ``N ORDER EDGE``: partial-edge pixels bad for no
-    other reason; ``COLDPIX NUM``: bad pixels in ``final_mask`` less those edge pixels; ``COLDPIX FRAC``:
-    that number over all pixels, 6 d.p.
-    """
-    final = np.asarray(final_mask, dtype=bool)
-    edge_only = result.order_edge_only
-    n_low = int(np.count_nonzero(result.codes & (DEAD | LOW_SENSITIVITY)))
-    n_edge = int(np.count_nonzero(edge_only & final))
-    coldpix = int(np.count_nonzero(final & ~edge_only))
-    return {
-        "N LOW SENS": n_low,
-        "N ORDER EDGE": n_edge,
-        "COLDPIX NUM": coldpix,
-        "COLDPIX FRAC": round(coldpix / final.size, 6),
-    }

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import numpy as np
 
-from soxs_mflat.badpixels.bands import WORKERS, MaskedImage, OrderPixels, share_orders
+from soxs_mflat.badpixels.bands import MaskedImage, OrderPixels, share_orders
 from soxs_mflat.badpixels.flat_model import NOISE_STEP
 from soxs_mflat.badpixels.flat_tests import MeasuredFlat, flag_flat, measure_flat, partial_edges
 from soxs_mflat.badpixels.frame_hot import CalibrationFrame, calibration_frames, calibration_threshold, hot_in_calibration_frames
 from soxs_mflat.badpixels.result import BadPixelResult, FlaggedPixels
 from soxs_mflat.badpixels.thresholds import Thresholds, low_sensitivity_threshold
 from soxs_mflat.footprints import OrderBounds
+from soxs_mflat.parallel import WORKERS, map_threads
 
 
 def find_bad_pixels(
@@ -64,15 +64,14 @@ def find_bad_pixels(
     masked = MaskedImage(flat, unusable)
     errs = np.asarray(errs_ba, dtype=np.float32)
     groups = share_orders(bounds, WORKERS)
-    with ThreadPoolExecutor(max(len(groups), 1)) as pool:
-        measured = list(pool.map(partial(_measure_orders, flat=masked, errs=errs, window=window), groups))
-        noise = np.concatenate([np.empty(0, dtype=np.float32), *(part.sampled_noise for part in measured)])
-        sigma = low_sensitivity_threshold(low_sensitivity_sigma, noise, depth=min(min_depth, 1.0 - dead_limit),
-                                          weight=NOISE_STEP)
-        found = list(pool.map(partial(
-            _flag_orders, flat=masked, errs=errs, input_mask=input_mask, nonfinite=nonfinite, frames=frames,
-            frame_sigma=calibration_threshold(shape, hot_sigma), thresholds=Thresholds(sigma, hot_sigma, dead_limit, min_depth),
-            edge_fraction=edge_min_fraction, window=window), measured))
+    measured = map_threads(partial(_measure_orders, flat=masked, errs=errs, window=window), groups)
+    noise = np.concatenate([np.empty(0, dtype=np.float32), *(part.sampled_noise for part in measured)])
+    sigma = low_sensitivity_threshold(low_sensitivity_sigma, noise, depth=min(min_depth, 1.0 - dead_limit),
+                                      weight=NOISE_STEP)
+    found = map_threads(partial(
+        _flag_orders, flat=masked, errs=errs, input_mask=input_mask, nonfinite=nonfinite, frames=frames,
+        frame_sigma=calibration_threshold(shape, hot_sigma), thresholds=Thresholds(sigma, hot_sigma, dead_limit, min_depth),
+        edge_fraction=edge_min_fraction, window=window), measured)
     if frame_hot is not None:
         found.append(FlaggedPixels(hot=np.asarray(frame_hot, dtype=np.int64)))
     return BadPixelResult.of(FlaggedPixels.joined(found), input_mask)
