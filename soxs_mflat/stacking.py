@@ -20,7 +20,7 @@ import numpy as np
 from soxs_mflat.detrend import NoiseModel
 from soxs_mflat.footprints import interval_mask
 from soxs_mflat.parallel import map_threads
-from soxs_mflat.robust import MAD_TO_SIGMA, partition_median
+from soxs_mflat.robust import MAD_TO_SIGMA
 
 CHUNK_PIXELS = 1 << 17
 SAMPLE_SIZE = 1 << 18
@@ -228,8 +228,8 @@ def clipped_mean(values: np.ndarray, *, sigma: float, iterations: int = 5) -> fl
     sample = values[:: max(1, values.size // SAMPLE_SIZE)]
     centre = spread = 0.0
     for _ in range(iterations):
-        centre = partition_median(sample)
-        spread = MAD_TO_SIGMA * partition_median(np.abs(sample - np.float32(centre)), overwrite=True)
+        centre = float(bn.median(sample))
+        spread = MAD_TO_SIGMA * float(bn.median(np.abs(sample - np.float32(centre))))
         if spread == 0:
             return centre
         inside = sample[np.abs(sample - np.float32(centre)) <= sigma * spread]

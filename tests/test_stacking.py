@@ -14,7 +14,7 @@ from soxs_mflat.detrend import (
     lowest_dark,
     nearest_in_time,
 )
-from soxs_mflat.robust import MAD_TO_SIGMA, partition_median
+from soxs_mflat.robust import MAD_TO_SIGMA
 from soxs_mflat.stacking import (
     MAX_SPREAD_RATIO,
     FlatCube,
@@ -200,13 +200,6 @@ def test_centre_band_and_clipped_mean() -> None:
     assert list(np.flatnonzero(band[4])) == [7, 8, 9, 10, 11, 12]
     values = np.r_[np.random.default_rng(0).normal(100, 1, 10000), [1e6] * 10]
     assert clipped_mean(values, sigma=3) == pytest.approx(100, abs=0.05)
-
-
-@pytest.mark.parametrize("size", [1, 2, 7, 1000, 1001, 40000])
-def test_partition_median_equals_numpy(size: int) -> None:
-    values = (np.random.default_rng(size).normal(1, 0.01, size) * 17000).astype(np.float32)
-    assert partition_median(values) == float(np.median(values))
-    assert partition_median(values.astype(np.float64), overwrite=True) == float(np.median(values.astype(np.float64)))
 
 
 def test_band_sample_spreads_at_most_the_requested_pixels_over_the_band() -> None:

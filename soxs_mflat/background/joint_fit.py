@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import bottleneck as bn
 import numpy as np
 from numpy.polynomial import legendre
 from scipy.linalg import cholesky, solve_triangular
@@ -11,7 +12,7 @@ from scipy.optimize import lsq_linear
 
 from soxs_mflat.background.gaps import WING_BIN_EDGES, GapBounds, wing_pixels
 from soxs_mflat.background.spill import SPILL_SIGMAS, OrderLightSpectrum, spill_at_samples
-from soxs_mflat.robust import MAD_TO_SIGMA, partition_median
+from soxs_mflat.robust import MAD_TO_SIGMA
 
 SURFACE_DEGREE = 2
 """Degree in each coordinate of the Legendre surface for stray light not tied to the orders."""
@@ -102,12 +103,11 @@ def bounded_normal_solve(gram: np.ndarray, rhs: np.ndarray, lower: np.ndarray) -
 
 
 def median_and_sigma(values: np.ndarray) -> tuple[float, float]:
-    """Median and MAD-based σ of a non-empty 1-D array without NaN, which is overwritten. Partition
-    medians rather than ``astropy.stats.mad_std``: ~10× faster on the millions of gap pixels of a frame
-    (and astropy.stats takes ~0.3 s to import)."""
-    centre = partition_median(values, overwrite=True)
+    """Median and MAD-based σ of a non-empty 1-D array without NaN, which is overwritten (bottleneck's
+    medians: ~10× faster than ``astropy.stats.mad_std`` on the millions of gap pixels of a frame)."""
+    centre = float(bn.median(values))
     values -= values.dtype.type(centre)
-    return centre, MAD_TO_SIGMA * partition_median(np.abs(values, out=values), overwrite=True)
+    return centre, MAD_TO_SIGMA * float(bn.median(np.abs(values, out=values)))
 
 
 def robust_bounded_fit(design: np.ndarray, data: np.ndarray, *, n_free: int) -> np.ndarray:
