@@ -12,10 +12,11 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 import bottleneck as bn
 import numpy as np
+
+from soxs_mflat.qc import QCRow
 
 MAX_IMAGE_SIDE = 800
 """Largest side (px) of an image shown on a QC page; larger images are block-averaged first."""
@@ -98,41 +99,6 @@ class BackgroundFigure:
     cut_limits: tuple[float, float]
     stem: str = ""
     """Product stem (night, arm, mode) shown under the title."""
-
-
-class QCResult(Protocol):
-    """What a QC page shows of one QC metric (:class:`QCLine`, or any object with these attributes)."""
-
-    name: str
-    value: float
-    limits: tuple[float, float] | None
-    unit: str
-    comment: str
-
-    @property
-    def verdict(self) -> str:
-        """``pass``, ``fail`` or ``no range``."""
-        ...
-
-
-@dataclass(frozen=True)
-class QCLine:
-    """A QC metric with its acceptable range, judged with inclusive bounds."""
-
-    name: str
-    value: float
-    limits: tuple[float, float] | None = None
-    unit: str = ""
-    comment: str = ""
-
-    @property
-    def verdict(self) -> str:
-        """``no range`` without limits; ``pass`` when low ≤ value ≤ high; ``fail`` otherwise (a value
-        that is not a number cannot be shown to pass)."""
-        if self.limits is None:
-            return "no range"
-        low, high = self.limits
-        return "pass" if low <= self.value <= high else "fail"
 
 
 def image_limits(image: np.ndarray, *, low: float = 1.0, high: float = 99.5) -> tuple[float, float]:
@@ -315,7 +281,7 @@ def background_figure(subtracted_ba: np.ndarray, model: object, *, fitted_axis: 
 
 
 def render(figure: OrderLocationFigure | BackgroundFigure, path: Path | str, *,
-           qc_rows: Sequence[QCResult] = ()) -> None:
+           qc_rows: Sequence[QCRow] = ()) -> None:
     """Draw ``figure`` with the QC rows ``qc_rows`` (see :func:`soxs_mflat.qc_pages.draw`) and save it
     as a one-page PDF at ``path``; the point clouds are rasters of ``RASTER_DPI`` dots per inch."""
     from matplotlib.backends.backend_pdf import FigureCanvasPdf

@@ -19,7 +19,8 @@ from matplotlib.colors import Normalize, PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from soxs_mflat.plots import BackgroundFigure, Image, OrderLocationFigure, Points, QCResult
+from soxs_mflat.plots import BackgroundFigure, Image, OrderLocationFigure, Points
+from soxs_mflat.qc import QCRow
 
 LOWER, UPPER, CLIPPED = "tab:cyan", "tab:orange", "tab:red"
 VERDICT_COLOURS = {"pass": "tab:green", "fail": "tab:red", "no range": "0.4"}
@@ -33,7 +34,7 @@ Box = tuple[float, float, float, float]
 """An area of the page: left, bottom, width, height as fractions of the page."""
 
 
-def draw(figure: OrderLocationFigure | BackgroundFigure, *, qc_rows: Sequence[QCResult] = ()) -> Figure:
+def draw(figure: OrderLocationFigure | BackgroundFigure, *, qc_rows: Sequence[QCRow] = ()) -> Figure:
     """The page of a figure description: its title, the product stem, the panels and, when ``qc_rows``
     are given, a summary of the verdicts by the title and a table of the values, acceptable ranges
     and verdicts (failures in red)."""
@@ -228,7 +229,7 @@ def _span(values: np.ndarray, *, margin: float = 0.02) -> tuple[float, float]:
     return low - pad, high + pad
 
 
-def _qc_table(page: Figure, box: Box, rows: Sequence[QCResult]) -> None:
+def _qc_table(page: Figure, box: Box, rows: Sequence[QCRow]) -> None:
     """The QC rows in ``box``: name, value and unit, acceptable range (bounds inclusive) and verdict,
     failing rows in bold red. Rows that do not fit are counted; failures are listed first then."""
     left, bottom, width, height = box
