@@ -86,10 +86,10 @@ class MasterFlatRecipe:
                     products = write_products(transaction, paths, inputs, settings, lamps, final)
                     transaction.stage_text(paths.log(), self._log_text(started))
                     transaction.commit()
+                paths.error_log().unlink(missing_ok=True)  # a failure of an earlier run, now superseded
             except Exception as error:
                 self._write_error_log(paths, error, started)
                 raise
-        paths.error_log().unlink(missing_ok=True)
         elapsed = time.monotonic() - started
         products.append(ProductRecord("LOG", paths.log(), "TXT", "PROD", "recipe log; its last line reruns it"))
         return RecipeResult(products, deduplicate(final.qc), inputs.arm, paths.log(), elapsed, paths.root,
