@@ -219,6 +219,15 @@ class MasterFlatRecipe:
             LOGGER.info("%s", note)
         return inputs, settings
 
+    def plan(self) -> tuple[VerifiedInputs, ProductPaths]:
+        """Verify the inputs and name the products :meth:`run` would write, reducing nothing (the output
+        folders are created, as a run does first): how a batch finds sets already reduced and sizes its workers.
+
+        ``ProductPaths.existing`` then says which of them exist.
+        """
+        inputs, settings = self._verified_inputs()
+        return inputs, self._paths(inputs, settings)
+
     def _paths(self, inputs: VerifiedInputs, settings: Settings) -> ProductPaths:
         sof = self.input_set.sof
         if sof is not None:
