@@ -1,9 +1,10 @@
 """soxs_mflat command line: a drop-in for ``soxspipe mflat``, plus the simulator.
 
 Usage:
-    soxspipe [-Vx] mflat <inputFrames> [-o <outputDirectory> -s <pathToSettingsFile>]
+    soxspipe [-Vx] mflat <inputFrames>... [-o <outputDirectory> -s <pathToSettingsFile>] [--workers=<n>] [--scheduler=<address>]
     soxspipe simulate score <productsDirectory> <truthDirectory>
     soxspipe simulate preview <fitsFile> <pngFile>
+    soxspipe simulate archive <outputDirectory> [--nights=<n>] [--instrument=<inst>] [--arms=<arms>] [--seed=<n>]
     soxspipe simulate <outputDirectory> [--instrument=<inst>] [--arm=<arm>] [--binning=<XxY>] [--nflats=<n>] [--seed=<n>]
     soxspipe --version
     soxspipe -h | --help
@@ -11,10 +12,13 @@ Usage:
 Commands:
     mflat       Build the master flat and order-location table from lamp flats.
                 <inputFrames> is a SOF file, a directory of FITS files, or a
-                comma-separated list of FITS files.
+                comma-separated list of FITS files. Several of them, or a directory
+                holding SOF files, reduce every set on a Dask cluster (local worker
+                processes unless --scheduler is given); see docs/many-nights.md.
     simulate    Write a simulated raw flat set with ground truth (for demos and tests);
                 `simulate score` scores products against that truth; `simulate preview`
-                draws a FITS image as a PNG.
+                draws a FITS image as a PNG; `simulate archive` writes nights x arms of
+                sets, a few of them broken, for batch reduction.
 
 Options:
     -h --help                  Show this help.
@@ -24,6 +28,12 @@ Options:
     -o <outputDirectory>       Workspace root for products/ and qc/ (default: the settings'
                                workspace-root-dir, else the current directory).
     -s <pathToSettingsFile>    Settings YAML merged over the instrument defaults.
+    --workers=<n>              Local worker processes for several sets (default: the cores,
+                               as many as memory allows).
+    --scheduler=<address>      Reduce several sets on the Dask cluster at this address
+                               (tcp://host:port); it must see the same file system.
+    --nights=<n>               Nights in a simulated archive [default: 10].
+    --arms=<arms>              Comma-separated arms of a simulated archive (default: all).
     --instrument=<inst>        soxs or xsh [default: soxs].
     --arm=<arm>                UVB, VIS or NIR [default: NIR].
     --binning=<XxY>            Binning, e.g. 2x2 (UVB/VIS only) [default: 1x1].
@@ -45,6 +55,7 @@ from docopt import DocoptExit, docopt
 from soxs_mflat import __version__
 from soxs_mflat.errors import UserInputError
 from soxs_mflat.interruption import Interrupted, install_handlers
+from soxs_mflat.sof import InputSet
 
 EXIT_USER_ERROR = 2
 
@@ -54,7 +65,8 @@ def _absolute(path: str) -> str:
 
 
 def rerun_command(arguments: dict, output_root: Path, *, verbose: bool) -> str:
-    """The exact command, with absolute paths and ``-x``, that reruns this reduction."""
+    """The exact command, with absolute paths and ``-x``, that reruns this reduction (``arguments["<inputFrames>"]``
+    one set)."""
     frames = arguments["<inputFrames>"]
     frames = ",".join(_absolute(p) for p in frames.split(",")) if "," in frames else _absolute(frames)
     parts = ["soxspipe", "-Vx" if verbose else "-x", "mflat", frames, "-o", str(output_root)]
@@ -63,18 +75,38 @@ def rerun_command(arguments: dict, output_root: Path, *, verbose: bool) -> str:
     return shlex.join(parts)
 
 
+def set_arguments(frames: list[str], *, cwd: Path) -> list[str]:
+    """The sets named by the ``<inputFrames>`` arguments: a folder holding SOF files is every SOF in it
+    (sorted); anything else (a SOF, a folder of FITS files, a comma-separated list) is one set. Repeats
+    of the same file count once."""
+    sets: dict[str, str] = {}
+    for argument in frames:
+        path = Path(argument).expanduser()
+        path = path if path.is_absolute() else cwd / path
+        sofs = sorted(p for p in path.glob("*.sof") if p.is_file()) if path.is_dir() else []
+        for item in [str(p) for p in sofs] or [argument]:
+            candidate = Path(item).expanduser()
+            candidate = candidate if candidate.is_absolute() else cwd / candidate
+            sets.setdefault(str(candidate.resolve()) if candidate.exists() else item, item)
+    return list(sets.values())
+
+
 def _run_mflat(arguments: dict, *, verbose: bool) -> int:
+    cwd = Path.cwd()
+    sets = set_arguments(arguments["<inputFrames>"], cwd=cwd)
+    settings_file = Path(arguments["-s"]).expanduser().resolve() if arguments["-s"] else None
+    output = Path(arguments["-o"]).expanduser().resolve() if arguments["-o"] else None
+    if len(sets) > 1:
+        return _run_batch(arguments, sets, cwd=cwd, settings_file=settings_file, output=output, verbose=verbose)
     from soxs_mflat.recipe import MasterFlatRecipe
     from soxs_mflat.report import format_report
     from soxs_mflat.sof import parse_input_frames
 
-    cwd = Path.cwd()
-    input_set = parse_input_frames(arguments["<inputFrames>"], cwd=cwd)
-    settings_file = Path(arguments["-s"]).expanduser().resolve() if arguments["-s"] else None
-    output = Path(arguments["-o"]).expanduser().resolve() if arguments["-o"] else None
+    single = {**arguments, "<inputFrames>": sets[0]}
+    input_set = parse_input_frames(sets[0], cwd=cwd)
     recipe = MasterFlatRecipe(input_set, settings_file=settings_file, output_dir=output,
                               overwrite=arguments["--overwrite"], command="")
-    recipe.command = rerun_command(arguments, output or cwd, verbose=verbose)
+    recipe.command = rerun_command(single, output or cwd, verbose=verbose)
     result = recipe.run()
     print(format_report(arm=result.arm, qc=result.qc, log_path=result.log_path, root=result.root,
                         products=[(r.product_label, r.path, r.description) for r in result.products],
@@ -84,9 +116,27 @@ def _run_mflat(arguments: dict, *, verbose: bool) -> int:
     return 0
 
 
+def _run_batch(arguments: dict, sets: list[str], *, cwd: Path, settings_file: Path | None, output: Path | None,
+               verbose: bool) -> int:
+    from soxs_mflat.batch import run_batch
+
+    workers = arguments["--workers"]
+    if workers is not None and not (workers.isdigit() and int(workers) > 0):
+        raise UserInputError(f"--workers must be a positive integer (got {workers}).")
+
+    def command_for(input_set: InputSet, root: Path) -> str:
+        return rerun_command({**arguments, "<inputFrames>": input_set.source}, root, verbose=verbose)
+
+    return run_batch(sets, cwd=cwd, settings_file=settings_file, output_dir=output,
+                     overwrite=arguments["--overwrite"], workers=workers and int(workers), scheduler=arguments["--scheduler"],
+                     command_for=command_for, verbose=verbose)
+
+
 def _run_simulate(arguments: dict) -> int:
     from soxs_mflat import simulate
 
+    if arguments["archive"]:
+        return _run_simulate_archive(arguments)
     if arguments["score"]:
         result = simulate.score(Path(arguments["<productsDirectory>"]), Path(arguments["<truthDirectory>"]))
         print(simulate.format_score(result))
@@ -112,6 +162,23 @@ def _run_simulate(arguments: dict) -> int:
     except ValueError as error:
         raise UserInputError(f"Cannot simulate {instrument} {arm} {binx}x{biny}: {error}.") from None
     print(f"SOF: {made.sof}\nSettings: {made.settings}\nTruth: {made.truth_dir}")
+    return 0
+
+
+def _run_simulate_archive(arguments: dict) -> int:
+    from soxs_mflat.simulate.archive import simulate_archive
+
+    arms = tuple(a.strip() for a in arguments["--arms"].split(",") if a.strip()) if arguments["--arms"] else None
+    try:
+        nights, seed = int(arguments["--nights"]), int(arguments["--seed"])
+        sets = simulate_archive(Path(arguments["<outputDirectory>"]), nights=nights,
+                                instrument=arguments["--instrument"], arms=arms, seed=seed)
+    except ValueError as error:
+        raise UserInputError(f"Cannot simulate the archive: {error}. Check --nights, --seed, --instrument and --arms.") from None
+    broken = [s for s in sets if s.broken]
+    print(f"Wrote {len(sets)} sets ({len(broken)} broken: " + ", ".join(f"{s.stem} {s.broken}" for s in broken) + ")")
+    folder = Path(arguments["<outputDirectory>"])
+    print(f"SOFs: {folder / 'sof'}\nSettings: {folder / 'soxspipe.yaml'}\nManifest: {folder / 'archive.json'}")
     return 0
 
 

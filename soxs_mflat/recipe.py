@@ -216,10 +216,19 @@ class MasterFlatRecipe:
         return Path(settings.workspace_root_dir or ".") if settings.save_intermediate_products else None
 
     # ------------------------------------------------------------------------------------ outputs
+    def plan(self) -> tuple[VerifiedInputs, ProductPaths]:
+        """Verify the inputs and name the products :meth:`run` would write, reducing and writing nothing: how a
+        batch finds the sets already reduced and sizes its workers (``ProductPaths.existing`` says what exists)."""
+        inputs, settings = self._verify_inputs()
+        return inputs, self._product_paths(inputs, settings)
+
+    def _product_paths(self, inputs: VerifiedInputs, settings: Settings) -> ProductPaths:
+        return product_paths(stem=self._stem(inputs), root=_absolute_root(settings), instrument=inputs.instrument)
+
     def _claim_outputs(self, inputs: VerifiedInputs, settings: Settings, held: ExitStack) -> ProductPaths:
         """The product paths, once their folders exist, this run holds the stem's lock, and nothing would be
         overwritten without ``-x``; all checked before any work."""
-        paths = product_paths(stem=self._stem(inputs), root=_absolute_root(settings), instrument=inputs.instrument)
+        paths = self._product_paths(inputs, settings)
         for folder in (paths.products_dir, paths.qc_dir):
             try:
                 folder.mkdir(parents=True, exist_ok=True)

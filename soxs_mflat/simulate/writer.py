@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import zlib
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
@@ -70,6 +70,7 @@ class _Writer:
     context: HeaderContext
     raw_layout: RawLayout
     bias_adu: np.ndarray
+    start: datetime
 
 
 def simulate_set(
@@ -80,6 +81,8 @@ def simulate_set(
     binning: tuple[int, int] = (1, 1),
     nflats: int = 5,
     seed: int = 0,
+    scene: Scene | None = None,
+    start: datetime = START,
 ) -> SimulatedSet:
     """Write a raw lamp-flat set with its calibrations, SOF, settings and ground truth.
 
@@ -95,6 +98,11 @@ def simulate_set(
         Number of lamp-on flats (per lamp for X-shooter UVB); NIR sets get as many lamp-off frames.
     seed
         Seed of every random draw; the same arguments always give bit-identical files.
+    scene
+        A scene already built for this instrument, arm and binning (its lamps' flicker sets the number
+        of flats, ``nflats`` is then unused): lets many sets share one rendering (``simulate archive``).
+    start
+        DATE-OBS of the first flat; the calibrations are dated before it.
 
     Raises
     ------
@@ -108,17 +116,19 @@ def simulate_set(
         (output_dir / sub).mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence([seed, zlib.crc32(f"{instrument}/{arm}/{binning[0]}x{binning[1]}".encode())])
     defects_rng, lamp_rng, bias_rng, table_rng, frame_rng = (np.random.default_rng(s) for s in root.spawn(5))
-    scene = build_scene(instrument, arm, binning, nflats, defects_rng=defects_rng, lamp_rng=lamp_rng)
+    if scene is None:
+        scene = build_scene(instrument, arm, binning, nflats, defects_rng=defects_rng, lamp_rng=lamp_rng)
     context = HeaderContext(scene.layout.spec, scene.layout.detector, binning)
     raw_layout = RawLayout(scene.layout.detector, binning)
     writer = _Writer(
-        output_dir, scene, context, raw_layout, bias_pattern(raw_layout.rotated_shape, scene.layout.spec.bias_adu, bias_rng)
+        output_dir, scene, context, raw_layout, bias_pattern(raw_layout.rotated_shape, scene.layout.spec.bias_adu, bias_rng),
+        start,
     )
     flats, lamp_off = _write_frames(writer, frame_rng)
     calibrations = [] if arm == "NIR" else [_write_master_bias(writer, bias_rng)]
     calibrations += _write_centre_tables(writer, table_rng)
     lamp_field = "_".join(model.lamp.name.replace("_Lamp", "") for model in scene.lamps)
-    stem = context.sof_stem(moment=START, exptime=scene.lamps[0].exptime, lamp=lamp_field)
+    stem = context.sof_stem(moment=start, exptime=scene.lamps[0].exptime, lamp=lamp_field)
     sof = _write_sof(output_dir / f"{stem}.sof", flats + lamp_off + calibrations)
     settings = output_dir / SETTINGS_NAME
     with resources.as_file(resources.files("soxs_mflat") / "settings" / f"{instrument}.yaml") as source:
@@ -171,7 +181,7 @@ def _write_frames(writer: _Writer, rng: np.random.Generator) -> tuple[list[tuple
     kw = context.keywords
     prefix = "SOXS" if context.spec.instrument == "soxs" else "XSH"
     flats, lamp_off = [], []
-    moment = START
+    moment = writer.start
     for model in scene.lamps:
         lamp = model.lamp
         additive = scene.additive(model.exptime)
@@ -230,7 +240,7 @@ def _write_master_bias(writer: _Writer, rng: np.random.Generator) -> tuple[Path,
     errs = np.where(bad, ron, ron / np.sqrt(N_BIAS))
     hdul = fits.HDUList(
         [
-            fits.PrimaryHDU(flux.astype(np.float32), header=context.master_bias(moment=START - timedelta(minutes=40))),
+            fits.PrimaryHDU(flux.astype(np.float32), header=context.master_bias(moment=writer.start - timedelta(minutes=40))),
             fits.ImageHDU(bad.astype(np.uint8), name="QUAL"),
             fits.ImageHDU(
                 errs.astype(np.float32), header=fits.Header({"UTYPE": "StdDevUncertainty", "BUNIT": "electron"}), name="ERRS"
@@ -248,7 +258,7 @@ def _write_centre_tables(writer: _Writer, rng: np.random.Generator) -> list[tupl
     written = []
     for model in writer.scene.lamps:
         lamp = model.lamp
-        header = context.order_table(moment=START - timedelta(minutes=20), table_object=lamp.order_table_object)
+        header = context.order_table(moment=writer.start - timedelta(minutes=20), table_object=lamp.order_table_object)
         table = replace(measured_centre_table(writer.scene.layout, rng), header=table_header(header))
         suffix = f"_{lamp.tag}" if lamp.tag else ""
         path = writer.output_dir / "calib" / f"ORDER_TAB_{context.arm}{suffix}.fits"
