@@ -38,10 +38,11 @@ from tqdm import tqdm
 
 from soxs_mflat.errors import UserInputError
 from soxs_mflat.inputs import VerifiedInputs
-from soxs_mflat.products import QC_SUBDIR, write_text
+from soxs_mflat.products import QC_SUBDIR
 from soxs_mflat.qc import failed
 from soxs_mflat.recipe import LOGGER, MasterFlatRecipe
 from soxs_mflat.sof import InputSet, parse_input_frames
+from soxs_mflat.transaction import ProductTransaction
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -402,6 +403,9 @@ def format_summary(table: pd.DataFrame) -> str:
 def write_summary(table: pd.DataFrame, stem: Path, meta: dict) -> tuple[Path, Path]:
     """The summary as ``<stem>.csv`` and ``<stem>.json`` (with ``meta``), each written atomically."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    csv = write_text(table.to_csv(index=False), stem.with_suffix(".csv"))
     records = json.loads(table.to_json(orient="records"))
-    return csv, write_text(json.dumps({**meta, "sets": records}, indent=1) + "\n", stem.with_suffix(".json"))
+    with ProductTransaction() as transaction:
+        csv = transaction.stage_text(stem.with_suffix(".csv"), table.to_csv(index=False))
+        summary = transaction.stage_text(stem.with_suffix(".json"), json.dumps({**meta, "sets": records}, indent=1) + "\n")
+        transaction.commit()
+    return csv, summary

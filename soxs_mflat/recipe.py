@@ -34,7 +34,7 @@ from soxs_mflat.qc import QCRow, deduplicate, failed, lamp_qc
 from soxs_mflat.settings import ArmSettings, Settings, load_settings, peek_instrument
 from soxs_mflat.sof import InputSet
 from soxs_mflat.stacking import centre_band_mask
-from soxs_mflat.transaction import ProductTransaction, StemLock
+from soxs_mflat.transaction import ProductTransaction, StemLock, remove_stale_temporaries
 from soxs_mflat.writing import ProductRecord, write_products
 
 LOGGER = logging.getLogger("soxs_mflat")
@@ -238,6 +238,8 @@ class MasterFlatRecipe:
                     "Choose another output directory with -o, or remove or rename what stands in the way."
                 ) from None
         held.enter_context(StemLock(paths.products_dir, paths.stem))
+        for stale in remove_stale_temporaries((paths.products_dir, paths.qc_dir), paths.stem):
+            LOGGER.info("Removed %s, left by a run of this set that was killed", stale.name)
         existing = paths.existing(s.lamp for s in inputs.lamp_sets)
         if existing and not self.overwrite:
             raise UserInputError(

@@ -13,6 +13,7 @@ same products stops at once, naming the lock and the run that holds it.
 from __future__ import annotations
 
 import errno
+import glob
 import fcntl
 import os
 import socket
@@ -28,6 +29,17 @@ from soxs_mflat.interruption import deferred_signals
 def temporary_path(path: Path) -> Path:
     """Hidden temporary name for ``path`` in the same folder (so renaming it onto ``path`` is atomic)."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_stale_temporaries(folders: tuple[Path, ...], stem: str) -> list[Path]:
+    """Remove the temporaries that a run of ``stem`` killed outright (SIGKILL, power loss) left behind.
+
+    Call only while holding the stem's :class:`StemLock`: no live run of the stem is writing them then.
+    """
+    stale = [path for folder in folders for path in folder.glob(f".{glob.escape(stem)}*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_error(error: OSError, folder: Path) -> UserInputError:
