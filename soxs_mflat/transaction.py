@@ -13,8 +13,8 @@ same products stops at once, naming the lock and the run that holds it.
 from __future__ import annotations
 
 import errno
-import glob
 import fcntl
+import glob
 import os
 import socket
 import time
