@@ -97,14 +97,19 @@ class ProductPaths:
         """The output root holding ``products/`` and ``qc/``."""
         return self.products_dir.parents[1]
 
-    def existing(self, lamps: Iterable[str]) -> list[Path]:
-        """Products of this stem that already exist."""
+    def every(self, lamps: Iterable[str]) -> list[Path]:
+        """Every file a run of this stem may write, for the given lamp tags."""
         candidates = [self.master_flat(), self.order_table(), self.background(), self.log(), self.qc_table()]
         for lamp in lamps:
             if lamp:
-                candidates += [self.master_flat(lamp), self.order_table(lamp), self.background(lamp)]
+                candidates += [self.master_flat(lamp), self.order_table(lamp), self.background(lamp),
+                               self.order_location_plot(lamp), self.background_plot(lamp)]
         candidates += [self.order_location_plot(), self.background_plot()]
-        return [p for p in dict.fromkeys(candidates) if p.exists()]
+        return list(dict.fromkeys(candidates))
+
+    def existing(self, lamps: Iterable[str]) -> list[Path]:
+        """Products of this stem that already exist."""
+        return [path for path in self.every(lamps) if path.exists()]
 
 
 def _tag(lamp: str) -> str:

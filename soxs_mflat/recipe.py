@@ -238,9 +238,10 @@ class MasterFlatRecipe:
                     "Choose another output directory with -o, or remove or rename what stands in the way."
                 ) from None
         held.enter_context(StemLock(paths.products_dir, paths.stem))
-        for stale in remove_stale_temporaries((paths.products_dir, paths.qc_dir), paths.stem):
+        lamps = [s.lamp for s in inputs.lamp_sets]
+        for stale in remove_stale_temporaries(paths.every(lamps)):
             LOGGER.info("Removed %s, left by a run of this set that was killed", stale.name)
-        existing = paths.existing(s.lamp for s in inputs.lamp_sets)
+        existing = paths.existing(lamps)
         if existing and not self.overwrite:
             raise UserInputError(
                 f"Products of this set already exist in {paths.root}; nothing was changed. Rerun with -x to overwrite "

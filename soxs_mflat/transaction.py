@@ -18,7 +18,7 @@ import glob
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -31,12 +31,12 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def remove_stale_temporaries(folders: tuple[Path, ...], stem: str) -> list[Path]:
-    """Remove the temporaries that a run of ``stem`` killed outright (SIGKILL, power loss) left behind.
+def remove_stale_temporaries(products: Iterable[Path]) -> list[Path]:
+    """Remove the temporaries of ``products`` that a run killed outright (SIGKILL, power loss) left behind.
 
-    Call only while holding the stem's :class:`StemLock`: no live run of the stem is writing them then.
+    Call only while holding the products' :class:`StemLock`: no live run is writing them then.
     """
-    stale = [path for folder in folders for path in folder.glob(f".{glob.escape(stem)}*.tmp")]
+    stale = [found for path in products for found in path.parent.glob(f".{glob.escape(path.name)}.*.tmp")]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

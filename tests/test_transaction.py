@@ -90,5 +90,6 @@ def test_stale_temporaries_of_a_killed_run_are_removed_for_its_stem_only(tmp_pat
     other = tmp_path / ".night_2.fits.4242.tmp"
     for path in [*left, other, tmp_path / "night_1.fits"]:
         path.write_text("x")
-    assert sorted(remove_stale_temporaries((tmp_path,), "night_1")) == sorted(left)
+    products = [tmp_path / "night_1.fits", tmp_path / "night_1_BKGROUND.fits", tmp_path / "night_1_OLOC.fits"]
+    assert sorted(remove_stale_temporaries(products)) == sorted(left)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".night_2.fits.4242.tmp", "night_1.fits"]
