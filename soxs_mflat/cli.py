@@ -2,7 +2,7 @@
 
 Usage:
     soxspipe [-Vx] mflat <inputFrames>... [-o <outputDirectory> -s <pathToSettingsFile>] [--workers=<n>] [--scheduler=<address>]
-    soxspipe simulate score <productsDirectory> <truthDirectory>
+    soxspipe simulate score <productsDirectory> <truthDirectory> [--json]
     soxspipe simulate preview <fitsFile> <pngFile>
     soxspipe simulate archive <outputDirectory> [--nights=<n>] [--instrument=<inst>] [--arms=<arms>] [--seed=<n>]
     soxspipe simulate <outputDirectory> [--instrument=<inst>] [--arm=<arm>] [--binning=<XxY>] [--nflats=<n>] [--seed=<n>]
@@ -140,7 +140,8 @@ def _run_simulate(arguments: dict) -> int:
     if arguments["score"]:
         result = simulate.score(Path(arguments["<productsDirectory>"]), Path(arguments["<truthDirectory>"]))
         print(simulate.format_score(result))
-        print(json.dumps(result, indent=2))
+        if arguments["--json"]:
+            print(json.dumps(result, indent=2))
         return 0
     if arguments["preview"]:
         simulate.preview_png(Path(arguments["<fitsFile>"]), Path(arguments["<pngFile>"]))
@@ -182,17 +183,36 @@ def _run_simulate_archive(arguments: dict) -> int:
     return 0
 
 
+def unmatched_command_line(argv: list[str], usage: str) -> str:
+    """What to say when the command line matches no usage form (instead of docopt's internal text).
+
+    A command this tool does not have (``soxspipe mbias``, ``soxspipe order_centres``, ...) is most likely
+    one of soxspipe's other recipes: say where those come from. The commands are read from ``usage``.
+    """
+    usage_words = ([word for word in line.split() if word.isidentifier()] for line in usage.splitlines())
+    commands = {words[1] for words in usage_words if len(words) > 1}
+    option_values = {index + 1 for index, word in enumerate(argv) if word in ("-o", "-s")}
+    given = next((word for index, word in enumerate(argv) if not word.startswith("-") and index not in option_values),
+                 None)
+    if given is not None and given not in commands:
+        return (f"'soxspipe {given}' is not a command of soxs_mflat. This tool provides the master-flat recipe, "
+                "'soxspipe mflat' (and 'soxspipe simulate', simulated flat sets for demos and tests); the other "
+                f"soxspipe recipes ({given} among them) come from soxspipe itself: install soxspipe in its own "
+                f"environment and run them there.\n{usage.rstrip()}")
+    return f"The command line matches none of these forms (soxspipe --help explains each):\n{usage.rstrip()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``soxspipe`` command; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         arguments = docopt(__doc__, argv=argv, version=f"soxs_mflat {__version__}")
     except DocoptExit as error:
-        print(str(error), file=sys.stderr)
+        print(unmatched_command_line(argv, error.usage), file=sys.stderr)
         return EXIT_USER_ERROR
     verbose = bool(arguments["--verbose"])
     install_handlers()
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s",
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     try:
         if arguments["mflat"]:

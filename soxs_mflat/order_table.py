@@ -3,9 +3,11 @@
 This module converts between :class:`OrderTable` and astropy FITS HDUs or table columns; reading
 and writing files is left to ``frames.py`` and ``products.py``.
 
-Layout: HDU 0 header only; HDU 1 one-row coefficient table; HDU 2 one row per order (metadata);
-HDU 3 ``ORDER_TRACES``. Coefficient columns follow the polynomial term order (i-major) because
-soxspipe reads them by position.
+Layout: HDU 0 header only; HDU 1 ``COEFFS``, the one-row coefficient table; HDU 2 ``ORDER_META``, one
+row per order; HDU 3 ``ORDER_TRACES``. soxspipe reads HDU 1 and 2 by position, so the names are for
+people and tools only. Coefficient columns follow the polynomial term order (i-major) because
+soxspipe reads them by position too. Columns holding pixel positions or limits carry ``TUNIT = 'pix'``;
+the coefficients and degrees carry no unit (coefficient ``ij`` is in pix**(1 - j)).
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from astropy.io import fits
 
 from soxs_mflat.geometry import Poly2D
 
+COEFFICIENTS_EXTNAME, META_EXTNAME, TRACES_EXTNAME = "COEFFS", "ORDER_META", "ORDER_TRACES"
+PIXEL_COLUMN = re.compile(r"[xy](min|max|coord|coord_centre|coord_edgeup|coord_edgelow)")
+"""Columns in pixels: the per-order limits and the sampled traces."""
+HEADER_ONLY_REMOVED = ("EXTNAME", "BUNIT")
+"""Cards of a copied image header that do not describe a header-only primary HDU."""
 TRACE_PREFIXES = {"centre": "cent_", "std": "std_", "edge_low": "edgelow_c", "edge_up": "edgeup_c"}
 _DEGREE_SUFFIX = {"centre": "cent", "std": "std", "edge_low": "edgelow", "edge_up": "edgeup"}
 
@@ -142,7 +149,8 @@ def to_hdus(table: OrderTable, *, trace_binning: tuple[int, int] = (1, 1)) -> li
     """Build the order-table HDUs (spec §4.1): one K (integer) or D (float) column per value.
 
     ``trace_binning`` is the (A, B) binning of the frame the metadata limits refer to; the
-    ``ORDER_TRACES`` extension is sampled at every unbinned axis-B pixel.
+    ``ORDER_TRACES`` extension is sampled at every unbinned axis-B pixel. The primary HDU holds no
+    data, so the ``EXTNAME``/``BUNIT`` of an image header it was copied from are left out.
     """
     a, b = table.fitted_axis, table.along_axis
     coefficients = [(name, np.array([value])) for name, value in _coefficient_columns(table)]
@@ -151,16 +159,19 @@ def to_hdus(table: OrderTable, *, trace_binning: tuple[int, int] = (1, 1)) -> li
     meta = [("order", order_values)] + [(name, np.asarray(values, dtype=np.float64))
                                         for name, values in [*limits, *table.extra_meta.items()]]
     traces = list(order_traces(table, trace_binning[1]).items())
-    return [fits.PrimaryHDU(header=table.header.copy(strip=True)), _table_hdu(coefficients), _table_hdu(meta),
-            _table_hdu(traces, name="ORDER_TRACES")]
+    header = table.header.copy(strip=True)
+    for keyword in HEADER_ONLY_REMOVED:
+        header.remove(keyword, ignore_missing=True, remove_all=True)
+    return [fits.PrimaryHDU(header=header), _table_hdu(coefficients, name=COEFFICIENTS_EXTNAME),
+            _table_hdu(meta, name=META_EXTNAME), _table_hdu(traces, name=TRACES_EXTNAME)]
 
 
-def _table_hdu(columns: list[tuple[str, np.ndarray]], *, name: str | None = None) -> fits.BinTableHDU:
-    """A binary table of one int64 (K) or float64 (D) column per array.
+def _table_hdu(columns: list[tuple[str, np.ndarray]], *, name: str) -> fits.BinTableHDU:
+    """A binary table of one int64 (K) or float64 (D) column per array, ``TUNIT = 'pix'`` on pixel columns.
 
     The rows are given to an empty HDU: ``BinTableHDU(data)`` would first import ``astropy.table``
     (~0.3 s, to check whether the data are a ``Table``), and building from ``Column`` objects is
-    ~1.5x slower; the header astropy writes is the same.
+    ~1.5x slower; the header is the one ``BinTableHDU.from_columns`` writes.
     """
     n_rows = len(columns[0][1]) if columns else 0
     dtype = np.dtype([(column, np.int64 if values.dtype.kind in "biu" else np.float64) for column, values in columns])
@@ -169,6 +180,10 @@ def _table_hdu(columns: list[tuple[str, np.ndarray]], *, name: str | None = None
         rows[column] = values
     hdu = fits.BinTableHDU(name=name)
     hdu.data = rows
+    for column in hdu.columns:
+        if PIXEL_COLUMN.fullmatch(column.name):
+            column.unit = "pix"
+    hdu.update_header()
     return hdu
 
 

@@ -20,7 +20,7 @@ from soxs_mflat import __version__
 from soxs_mflat.frames import FrameFile
 from soxs_mflat.inputs import VerifiedInputs
 from soxs_mflat.qc import QCRow
-from soxs_mflat.settings import Settings
+from soxs_mflat.settings import BACKGROUND_KEYS, Settings
 from soxs_mflat.transaction import ProductTransaction
 
 RECIPE_ID = "soxs-mflat"
@@ -62,11 +62,15 @@ class ProductPaths:
         return self.products_dir / f"{self.stem}{_tag(lamp)}.fits"
 
     def order_table(self, lamp: str = "") -> Path:
-        """The order-location table name of spec §5.4; never the master flat's path."""
-        name = f"{self.stem}.fits".replace("MFLAT", "FLAT").upper().replace("FLAT", "OLOC").replace(".FITS", ".fits")
-        if name.lower() == f"{self.stem}.fits".lower():  # the same file on a case-insensitive file system
-            name = f"{self.stem}_OLOC.fits"
-        return self.products_dir / name.replace(".fits", f"{_tag(lamp)}.fits")
+        """The order-location table: the stem with ``MFLAT`` replaced by ``OLOC``, else ``<stem>_OLOC``.
+
+        The data organiser's SOF names contain ``MFLAT``; downstream SOFs expect the table under the
+        replaced name, which is also what soxspipe writes for them. Other stems (``soxs-mflat_<ARM>_<night>``
+        of a directory or list input, hand-made SOF names) keep their spelling and gain ``_OLOC``, so the
+        table never shares the master flat's path, even on a case-insensitive file system.
+        """
+        name = self.stem.replace("MFLAT", "OLOC") if "MFLAT" in self.stem else f"{self.stem}_OLOC"
+        return self.products_dir / f"{name}{_tag(lamp)}.fits"
 
     def background(self, lamp: str = "") -> Path:
         """Scattered-light image ``<stem>_BKGROUND[_LAMP].fits``."""
@@ -164,7 +168,8 @@ def _set_comment_fitting(header: fits.Header, keyword: str, value: object, comme
 def provenance_header(*, inputs: VerifiedInputs, flats: Sequence[FrameFile], settings: Settings, pro_catg: str,
                       pro_tech: str, qc_rows: Iterable[QCRow]) -> fits.Header:
     """Product header: the earliest flat's header without its DPR and storage cards, plus the PRO and REC1
-    cards (every raw frame and calibration used, every parameter in full), how the prepared frame maps to
+    cards (every raw frame and calibration used, every parameter in full: the ``soxs-mflat`` keys of the
+    arm, then the ``background-subtraction`` keys), how the prepared frame maps to
     the raw detector (``SOXS PREP`` cards), and the QC cards.
 
     ``flats`` are the flats combined into this product; the darks and lamp-off frames subtracted from
@@ -193,15 +198,16 @@ def provenance_header(*, inputs: VerifiedInputs, flats: Sequence[FrameFile], set
         header[f"HIERARCH ESO PRO REC1 CAL{i} CATG"] = str(calibration.header.get(inputs.keywords.pro_catg,
                                                                                    calibration.tag or ""))
         header[f"HIERARCH ESO PRO REC1 CAL{i} DATAMD5"] = md5_of(calibration.path)
-    for i, (name, value) in enumerate(settings.param_cards(inputs.arm), start=1):
+    background = [(name, str(getattr(settings, name.replace("-", "_")))) for name in BACKGROUND_KEYS]
+    for i, (name, value) in enumerate([*settings.param_cards(inputs.arm), *background], start=1):
         header[f"HIERARCH ESO PRO REC1 PARAM{i} NAME"] = name
         header[f"HIERARCH ESO PRO REC1 PARAM{i} VALUE"] = value
     detector, (binx, biny) = inputs.detector, inputs.binning
     rows = (detector.science_rows[0] // biny, detector.science_rows[1] // biny)
     cols = (detector.science_columns[0] // binx, detector.science_columns[1] // binx)
     header["HIERARCH SOXS PREP ROTATION"] = (90 * detector.rotation_k, "[deg] raw turned by np.rot90")
-    header["HIERARCH SOXS PREP TRIMSEC"] = (f"{rows[0]}:{rows[1]},{cols[0]}:{cols[1]}", "rows,cols kept, rotated")
-    header["HIERARCH SOXS PREP BINNING"] = (f"{binx}x{biny}", "x by y")
+    header["HIERARCH SOXS PREP TRIMSEC"] = (f"{rows[0]}:{rows[1]},{cols[0]}:{cols[1]}", "rows,cols slices after rot90")
+    header["HIERARCH SOXS PREP BINNING"] = (f"{binx}x{biny}", "raw binning, x by y")
     for row in qc_rows:
         if row.to_header and np.isfinite(row.value):
             value = int(row.value) if float(row.value).is_integer() and abs(row.value) < 2**53 else row.value

@@ -99,11 +99,12 @@ METRICS: dict[str, MetricDefinition] = {
         "", "Sum of flat values in orders",
         "Sum of the master flat (unitless) over the good pixels inside the orders."),
     "DETECTOR TEMP": MetricDefinition(
-        "kelvin", "[K] detector temperature",
-        "Detector temperature from the last flat's header (SOXS only)."),
+        "kelvin", "Detector temperature",
+        "Detector temperature from the last flat's header (SOXS only): kelvin on NIR, celsius on VIS (the unit "
+        "of the header card; soxspipe labels both kelvin)."),
     "CPATH TEMP": MetricDefinition(
         "celsius", "[C] common path temperature",
-        "Temperature of the common path (X-shooter), from the last flat's header."),
+        "Temperature of the common path, from the last flat's header (SOXS only)."),
     "N SLICES": MetricDefinition(
         "", "Slices used in the edge fit",
         "Cross-dispersion slices of one order whose edges entered the global edge fits (per order; not written "
@@ -246,7 +247,8 @@ def lamp_qc(*, ordexp: tuple[float, float, float], fit: EdgeFit, finished: Finis
     last, keywords = flats[-1].header, inputs.keywords
     detector_temp = keywords.detector_temp.get(inputs.arm)
     if detector_temp and detector_temp in last:
-        rows.append(row("DETECTOR TEMP", float(last[detector_temp]), to_header=False))
+        rows.append(row("DETECTOR TEMP", float(last[detector_temp]), to_header=False,
+                        unit="kelvin" if inputs.arm == "NIR" else "celsius"))
     if keywords.common_path_temp and keywords.common_path_temp in last:
         rows.append(row("CPATH TEMP", float(last[keywords.common_path_temp]), to_header=False))
     return rows

@@ -9,6 +9,7 @@ terminal), so a report sent to a file or a pipe holds no escape codes.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from soxs_mflat.qc import FAIL, PASS, QCRow
 
 COLOURS = {PASS: "\033[32m", FAIL: "\033[1;31m"}
 DIM, RESET = "\033[2m", "\033[0m"
+WIDTH = 100
+"""Columns every line fits at default verbosity (the ``Recipe Command`` line printed after the report excepted)."""
 
 
 def _value(value: float) -> str:
@@ -69,7 +72,7 @@ def qc_lines(rows: Iterable[QCRow], *, verbose: bool, colour: bool) -> list[str]
 
 
 def per_order_lines(rows: Iterable[QCRow]) -> list[str]:
-    """Per-order QC (e.g. ``N SLICES``) as one line per metric: ``order:value`` pairs."""
+    """Per-order QC (e.g. ``N SLICES``): ``order:value`` pairs of each metric, wrapped at :data:`WIDTH`."""
     by_name: dict[str, list[QCRow]] = {}
     for row in rows:
         if row.order >= 0:
@@ -77,8 +80,22 @@ def per_order_lines(rows: Iterable[QCRow]) -> list[str]:
     lines = []
     for name, named in sorted(by_name.items()):
         pairs = " ".join(f"{r.order}:{_value(r.value)}" for r in sorted(named, key=lambda r: r.order))
-        lines.append(f"  {name} by order: {pairs}")
+        lines += textwrap.wrap(f"{name} by order: {pairs}", WIDTH, initial_indent="  ", subsequent_indent="    ",
+                               break_on_hyphens=False)
     return lines
+
+
+def product_lines(entries: Sequence[tuple[str, Path, str]], *, verbose: bool) -> list[str]:
+    """The files written to one folder: label and file name (and what it is when ``verbose``).
+
+    At default verbosity a row too wide for :data:`WIDTH` (a long SOF name) gives its file name a line of
+    its own below the label, so the name stays whole and can be copied.
+    """
+    cells = [[label, path.name] + ([description] if verbose else []) for label, path, description in entries]
+    lines = _columns(["product", "file"] + (["description"] if verbose else []), cells)
+    if verbose or max(map(len, lines)) <= WIDTH:
+        return lines
+    return [line for label, path, _ in entries for line in (f"  {label}", f"    {path.name}")]
 
 
 def format_report(
@@ -101,8 +118,6 @@ def format_report(
     for label, path, description in products:
         folders.setdefault(path.parent, []).append((label, path, description))
     for folder, entries in folders.items():
-        lines += ["", f"# Written to {_relative(folder, root)}{os.sep}"]
-        cells = [[label, path.name] + ([description] if verbose else []) for label, path, description in entries]
-        lines += _columns(["product", "file"] + (["description"] if verbose else []), cells)
+        lines += ["", f"# Written to {_relative(folder, root)}{os.sep}", *product_lines(entries, verbose=verbose)]
     lines += ["", f"Output root: {root}", f"Log: {_relative(log_path, root)}"]
     return "\n".join(lines)

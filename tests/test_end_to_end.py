@@ -12,6 +12,8 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 
 from soxs_mflat.cli import main
+from soxs_mflat.frames import science_region
+from soxs_mflat.instruments import detector_for
 from soxs_mflat.simulate import score, simulate_set
 
 SETS = {
@@ -96,7 +98,7 @@ def test_products_layout(reduced) -> None:
     table_path = products / f"{stem.replace('MFLAT', 'OLOC')}.fits"
     with fits.open(table_path) as hdus:
         assert hdus[0].header["ESO PRO CATG"] == f"ORDER_TAB_{arm}"
-        assert hdus[3].name == "ORDER_TRACES"
+        assert [hdu.name for hdu in hdus] == ["PRIMARY", "COEFFS", "ORDER_META", "ORDER_TRACES"]
         assert ("degy_cent" in hdus[1].columns.names) == (SETS[name][:2] != ("soxs", "NIR"))
     log = (products / f"{stem}.log").read_text().strip().splitlines()
     assert log[-1].startswith("Recipe Command: soxspipe -x mflat ")
@@ -109,6 +111,31 @@ def test_products_layout(reduced) -> None:
         assert (qc_dir / f"{stem}_BKGROUND{lamp}.pdf").stat().st_size > 10_000
         assert (products / f"{stem}_BKGROUND{lamp}.fits").exists()
         assert (products / f"{stem}{lamp}.fits").exists()
+
+
+def test_every_product_passes_strict_verification(reduced) -> None:
+    name, products, _, _ = reduced
+    written = sorted(products.glob("*.fits"))
+    assert len(written) == (9 if SETS[name][1] == "UVB" else 3)
+    for path in written:
+        with fits.open(path, checksum=True) as hdulist:
+            hdulist.verify("exception")
+            assert all(hdu.verify_checksum() == 1 and hdu.verify_datasum() == 1 for hdu in hdulist), path.name
+
+
+def test_prep_cards_reproduce_the_recipe_s_trimming_and_rotation(reduced) -> None:
+    """Applying the SOXS PREP cards to a raw flat (as docs/real-data.md does) gives the prepared frame."""
+    name, products, _, made = reduced
+    instrument, arm, binning = SETS[name]
+    header = fits.getheader(products / f"{made.sof.stem}.fits")
+    raw_path = next(made.sof.parent.glob("raw/*FLAT*"))
+    raw = fits.getdata(raw_path)
+    rows, cols = (slice(*map(int, part.split(":"))) for part in header["SOXS PREP TRIMSEC"].split(","))
+    prepared = np.rot90(raw, header["SOXS PREP ROTATION"] // 90)[rows, cols]
+    assert prepared.shape == fits.getdata(products / f"{made.sof.stem}.fits").shape
+    detector = detector_for(instrument, arm)
+    np.testing.assert_array_equal(prepared, science_region(raw, detector=detector, binning=binning))
+    assert header["SOXS PREP BINNING"] == f"{binning[0]}x{binning[1]}"
 
 
 def test_rerun_refused_without_overwrite(reduced, capsys) -> None:

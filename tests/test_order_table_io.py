@@ -19,7 +19,7 @@ def _table(*, edges: bool) -> OrderTable:
     table = OrderTable("x", np.array([10, 11, 12]), np.array([0.0, 5.5, 10.0]), np.array([2000.0, 1990.2, 1980.0]),
                        np.array([100.0, 200.0, 300.0]), np.array([150.0, 250.0, 350.0]), Poly2D(rng.normal(size=(3, 4))),
                        Poly2D(rng.normal(size=(2, 2))), extra_meta={"maxThreshold": np.array([1.0, 2.0, 3.0])},
-                       header=fits.Header([("OBJECT", "it's a flat")]))
+                       header=fits.Header([("OBJECT", "it's a flat"), ("EXTNAME", "FLUX"), ("BUNIT", "electron")]))
     if not edges:
         return table
     return table.with_edges(Poly2D(rng.normal(size=(3, 4))), Poly2D(rng.normal(size=(4, 3))))
@@ -27,8 +27,8 @@ def _table(*, edges: bool) -> OrderTable:
 
 def _reference(hdu: fits.BinTableHDU) -> fits.BinTableHDU:
     """The same table built by astropy, column by column."""
-    columns = [fits.Column(name=name, format="K" if hdu.data[name].dtype.kind == "i" else "D", array=hdu.data[name])
-               for name in hdu.columns.names]
+    columns = [fits.Column(name=column.name, format="K" if hdu.data[column.name].dtype.kind == "i" else "D",
+                           unit=column.unit, array=hdu.data[column.name]) for column in hdu.columns]
     return fits.BinTableHDU.from_columns(columns, name=hdu.name or None)
 
 
@@ -41,7 +41,13 @@ def test_tables_match_astropy_card_for_card(tmp_path: Path, edges: bool, trace_b
         assert hdulist[0].header["OBJECT"] == "it's a flat"
         assert hdulist[1].columns.formats[:2] == ["K", "K"]
         assert hdulist[2].columns.formats[0] == ("D" if edges else "K")
-        assert hdulist[3].name == "ORDER_TRACES"
+        assert [hdu.name for hdu in hdulist] == ["PRIMARY", "COEFFS", "ORDER_META", "ORDER_TRACES"]
+        assert "EXTNAME" not in hdulist[0].header and "BUNIT" not in hdulist[0].header
+        assert set(hdulist[2].columns.units) == {"pix", ""} and set(hdulist[3].columns.units) == {"pix", ""}
+        assert [unit == "pix" for unit in hdulist[2].columns.units] == [name != "order" and name[1:] in ("min", "max")
+                                                                       for name in hdulist[2].columns.names]
+        assert [unit == "pix" for unit in hdulist[3].columns.units] == [name != "order" for name in hdulist[3].columns.names]
+        assert not any(hdulist[1].columns.units)
         for hdu in hdulist[1:]:
             reference = _reference(hdu)
             written = [card.image for card in hdu.header.cards if card.keyword not in ("CHECKSUM", "DATASUM")]
