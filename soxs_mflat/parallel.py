@@ -1,13 +1,17 @@
-"""The recipe's concurrency, all of it: threads over independent pieces of one step.
+"""The recipe's concurrency, all of it.
 
 numpy, bottleneck and astropy release the GIL in their array loops, so a step that splits its work
 into independent pieces (flats, row blocks, slices) runs them on :data:`WORKERS` threads through
-:func:`map_threads`; QC figures are drawn on one thread alongside the writing of the FITS products
-(:func:`alongside`). The steps themselves stay plain functions of arrays: they only ever call these two.
+:func:`map_threads`. Besides, QC figures are drawn on one thread while the recipe goes on
+(:func:`worker_thread`), the input files are hashed on another (:func:`in_background`), and the
+libraries needed only at the end of a run are imported ahead (:func:`preload`). The steps
+themselves stay plain functions of arrays.
 """
 
 from __future__ import annotations
 
+import importlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,8 +34,26 @@ def map_threads(function: Callable[[Item], Result], items: Iterable[Item], *, wo
 
 
 @contextmanager
-def alongside(tasks: Iterable[Callable[[], None]]) -> Iterator[list[Future]]:
-    """Run ``tasks`` one after the other on a worker thread while the body of the ``with`` runs; the block
-    ends when they are all done (their futures hold their exceptions)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="soxs-alongside") as pool:
-        yield [pool.submit(task) for task in tasks]
+def worker_thread() -> Iterator[Callable[..., Future]]:
+    """One worker thread for the run's QC figures: yields its ``submit``; leaving the block waits for
+    every task (their futures hold their exceptions)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="soxs-figures") as pool:
+        yield pool.submit
+
+
+def preload(*modules: str) -> threading.Thread:
+    """Import ``modules`` on a daemon thread, so that a step needing them later finds them loaded (an import
+    under way is simply waited for)."""
+    loader = threading.Thread(target=lambda: [importlib.import_module(name) for name in modules], daemon=True,
+                              name="soxs-preload")
+    loader.start()
+    return loader
+
+
+def in_background(function: Callable[..., Result], *arguments: object) -> Future:
+    """Start ``function(*arguments)`` on a thread of its own and return its future (for work that only
+    reads, e.g. hashing the input files, whose result a later step collects)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soxs-background")
+    future = pool.submit(function, *arguments)
+    pool.shutdown(wait=False)
+    return future

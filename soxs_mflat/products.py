@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -135,8 +135,12 @@ def write_hdus(hdus: list[fits.PrimaryHDU | fits.ImageHDU | fits.BinTableHDU], p
     return path
 
 
-def md5_of(path: Path) -> str:
-    """MD5 of a file's bytes (for the CAL DATAMD5 cards)."""
+def md5_of(paths: Iterable[Path]) -> dict[Path, str]:
+    """MD5 of each file's bytes (for the CAL DATAMD5 cards)."""
+    return {path: _md5(path) for path in paths}
+
+
+def _md5(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -166,7 +170,7 @@ def _set_comment_fitting(header: fits.Header, keyword: str, value: object, comme
 
 
 def provenance_header(*, inputs: VerifiedInputs, flats: Sequence[FrameFile], settings: Settings, pro_catg: str,
-                      pro_tech: str, qc_rows: Iterable[QCRow]) -> fits.Header:
+                      pro_tech: str, qc_rows: Iterable[QCRow], checksums: Mapping[Path, str]) -> fits.Header:
     """Product header: the earliest flat's header without its DPR and storage cards, plus the PRO and REC1
     cards (every raw frame and calibration used, every parameter in full: the ``soxs-mflat`` keys of the
     arm, then the ``background-subtraction`` keys), how the prepared frame maps to
@@ -197,7 +201,7 @@ def provenance_header(*, inputs: VerifiedInputs, flats: Sequence[FrameFile], set
         header[f"HIERARCH ESO PRO REC1 CAL{i} NAME"] = calibration.path.name
         header[f"HIERARCH ESO PRO REC1 CAL{i} CATG"] = str(calibration.header.get(inputs.keywords.pro_catg,
                                                                                    calibration.tag or ""))
-        header[f"HIERARCH ESO PRO REC1 CAL{i} DATAMD5"] = md5_of(calibration.path)
+        header[f"HIERARCH ESO PRO REC1 CAL{i} DATAMD5"] = checksums[calibration.path]
     background = [(name, str(getattr(settings, name.replace("-", "_")))) for name in BACKGROUND_KEYS]
     for i, (name, value) in enumerate([*settings.param_cards(inputs.arm), *background], start=1):
         header[f"HIERARCH ESO PRO REC1 PARAM{i} NAME"] = name

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from soxs_mflat.badpixels import DEAD, HOT, LOW_SENSITIVITY, PARTIAL_EDGE, BadPixelResult
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from soxs_mflat.edges import EdgeFit
     from soxs_mflat.flatfield import FinishedFlat
     from soxs_mflat.frames import FrameFile
@@ -183,6 +184,8 @@ QC_TABLE_COLUMNS = ("soxspipe_recipe", "qc_name", "qc_value", "qc_unit", "qc_com
 
 def qc_table(rows: Iterable[QCRow], *, obs_date: str, reduction_date: str) -> pd.DataFrame:
     """The QC table (spec §8.1 columns, plus the range and its verdict), one row per metric and order."""
+    import pandas as pd  # needed only when the products are written: imported then, or ahead by preload()
+
     records = [
         {
             "soxspipe_recipe": "soxs-mflat",

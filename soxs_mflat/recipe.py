@@ -29,13 +29,14 @@ from soxs_mflat.inputs import LampSet, VerifiedInputs, classify, identify_instru
 from soxs_mflat.loading import lamp_calibrations, load_flat_cube
 from soxs_mflat.normalisation import normalise_and_stack
 from soxs_mflat.order_table import OrderTable
-from soxs_mflat.products import ProductPaths, night_from_mjd, night_from_sof_name, product_paths
+from soxs_mflat.parallel import in_background, preload, worker_thread
+from soxs_mflat.products import ProductPaths, md5_of, night_from_mjd, night_from_sof_name, product_paths
 from soxs_mflat.qc import QCRow, deduplicate, failed, lamp_qc
 from soxs_mflat.settings import ArmSettings, Settings, load_settings, peek_instrument
 from soxs_mflat.sof import InputSet
 from soxs_mflat.stacking import centre_band_mask
 from soxs_mflat.transaction import ProductTransaction, StemLock, remove_stale_temporaries
-from soxs_mflat.writing import ProductRecord, write_products
+from soxs_mflat.writing import ProductRecord, draw_figures, write_products
 
 LOGGER = logging.getLogger("soxs_mflat")
 
@@ -71,19 +72,30 @@ class MasterFlatRecipe:
     def run(self) -> RecipeResult:
         """Run every step and write the products; return their paths and the QC table."""
         started = time.monotonic()
+        preload("matplotlib.backends.backend_pdf", "soxs_mflat.qc_pages", "pandas")  # for the products, at the end
         with self._product_log(), ExitStack() as held:
             # The recipe's least-squares systems are small: BLAS threads would only compete with the figure thread.
             held.enter_context(threadpool_limits(limits=1, user_api="blas"))
             with self._step("verify inputs"):
                 inputs, settings = self._verify_inputs()
             paths = self._claim_outputs(inputs, settings, held)
+            checksums = in_background(md5_of, [c.path for c in inputs.calibrations])
+            transaction = held.enter_context(ProductTransaction())
+            draw = held.enter_context(worker_thread())
             try:
-                lamps = [self._reduce_lamp(lamp_set, inputs, settings) for lamp_set in inputs.lamp_sets]
+                lamps, figures = [], []
+                for lamp_set in inputs.lamp_sets:
+                    lamps.append(self._reduce_lamp(lamp_set, inputs, settings))
+                    if len(inputs.lamp_sets) > 1:
+                        figures += draw_figures(transaction, paths, lamps[-1], lamp_set.lamp, draw)
                 final = lamps[0] if len(lamps) == 1 else self._stitch(lamps, inputs, settings.arm(inputs.arm))
+                figures += draw_figures(transaction, paths, final, "", draw)
                 for row in failed(final.qc):
                     LOGGER.warning("%s; the products are written all the same.", row.describe_failure())
-                with self._step("write products"), ProductTransaction() as transaction:
-                    products = write_products(transaction, paths, inputs, settings, lamps, final)
+                outputs = [*((lamp, lamp.lamp) for lamp in lamps), (final, "")] if len(lamps) > 1 else [(final, "")]
+                with self._step("write products"):
+                    products = write_products(transaction, paths, inputs, settings, outputs, figures,
+                                              checksums=checksums.result())
                     transaction.stage_text(paths.log(), self._log_text(started))
                     transaction.commit()
                 paths.error_log().unlink(missing_ok=True)  # a failure of an earlier run, now superseded

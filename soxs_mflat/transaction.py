@@ -65,6 +65,12 @@ class ProductTransaction:
     def __init__(self) -> None:
         self._staged: dict[Path, Path] = {}
         self._committed = False
+        self._discarded = False
+
+    @property
+    def open(self) -> bool:
+        """Neither committed nor discarded: files may still be staged."""
+        return not (self._committed or self._discarded)
 
     def temporary(self, path: Path) -> Path:
         """Register ``path`` and return the temporary name its content must be written to."""
@@ -107,6 +113,7 @@ class ProductTransaction:
 
     def discard(self) -> None:
         """Remove every temporary file (nothing was renamed yet)."""
+        self._discarded = True
         for temporary in self._staged.values():
             temporary.unlink(missing_ok=True)
 

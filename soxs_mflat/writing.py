@@ -1,17 +1,18 @@
 """Write a run's products: master flat, order table, background image, QC figures and QC table.
 
 Every file is staged in a :class:`~soxs_mflat.transaction.ProductTransaction` and renamed into place
-with the others only when all are complete. The QC figures are drawn on one worker thread while the
-FITS files are written (:func:`soxs_mflat.parallel.alongside`).
+with the others only when all are complete. The QC pages of a lamp's flat are drawn on the run's figure
+thread (:func:`soxs_mflat.parallel.worker_thread`) as soon as the flat and its QC are known, while the
+recipe goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,6 @@ from soxs_mflat.flatfield import LampFlat
 from soxs_mflat.footprints import frame_binning_ab, from_ba
 from soxs_mflat.inputs import VerifiedInputs
 from soxs_mflat.order_table import to_hdus
-from soxs_mflat.parallel import alongside
 from soxs_mflat.products import ProductPaths, image_hdus, primary_image_hdu, provenance_header
 from soxs_mflat.qc import QCRow, deduplicate, qc_table
 from soxs_mflat.settings import Settings
@@ -49,38 +49,60 @@ def _write_fits(hdus: Sequence[fits.PrimaryHDU | fits.ImageHDU | fits.BinTableHD
     return lambda temporary: fits.HDUList(list(hdus)).writeto(temporary, output_verify="exception", checksum=True)
 
 
+@dataclass(frozen=True)
+class PendingFigure:
+    """A QC page being drawn into its temporary file, and the record it gets once drawn."""
+
+    drawn: Future
+    record: ProductRecord
+
+
+def draw_figures(transaction: ProductTransaction, paths: ProductPaths, flat: LampFlat, lamp: str,
+                 submit: Callable[..., Future]) -> list[PendingFigure]:
+    """Start drawing ``flat``'s QC pages (``submit``: the run's figure thread) as soon as its QC is known,
+    into temporaries of ``transaction``; ``lamp`` is the products' lamp tag (empty for the run's final flat)."""
+    frame_rows = [row for row in deduplicate(flat.qc) if row.order == -1]
+    return [PendingFigure(submit(_render, figure, transaction.temporary(path), transaction, frame_rows), record)
+            for figure, path, record in _figures(flat, lamp, paths)]
+
+
+def _render(figure: object, temporary: Path, transaction: ProductTransaction, qc_rows: list[QCRow]) -> None:
+    """Draw one page into its temporary; if the run was abandoned meanwhile, remove what was drawn."""
+    plots.render(figure, temporary, qc_rows=qc_rows)
+    if not transaction.open:
+        temporary.unlink(missing_ok=True)
+
+
 def write_products(transaction: ProductTransaction, paths: ProductPaths, inputs: VerifiedInputs, settings: Settings,
-                   lamps: Sequence[LampFlat], final: LampFlat) -> list[ProductRecord]:
-    """Stage every product of the run (per-lamp products too when lamps were stitched); return their records."""
-    outputs = [*((lamp, lamp.lamp) for lamp in lamps), (final, "")] if len(lamps) > 1 else [(final, "")]
-    final_qc = deduplicate(final.qc)
+                   outputs: Sequence[tuple[LampFlat, str]], figures: Sequence[PendingFigure], *,
+                   checksums: Mapping[Path, str]) -> list[ProductRecord]:
+    """Stage every product of the run, ``outputs`` being (flat, lamp tag) with the final flat last, and collect
+    the QC pages being drawn; return the records. ``checksums``: the MD5 of every calibration file."""
     records: list[ProductRecord] = []
-    pages = [(partial(plots.render, figure, transaction.temporary(path),
-                      qc_rows=[row for row in deduplicate(flat.qc) if row.order == -1]), record)
-             for flat, lamp in outputs for figure, path, record in _figures(flat, lamp, paths)]
-    with alongside(page for page, _ in pages) as drawn:
-        for flat, lamp in outputs:
-            records += _stage_fits(transaction, paths, inputs, settings, flat, lamp, deduplicate(flat.qc))
-    for future, (_, record) in zip(drawn, pages, strict=True):
-        error = future.exception()
+    for flat, lamp in outputs:
+        records += _stage_fits(transaction, paths, inputs, settings, flat, lamp, deduplicate(flat.qc), checksums)
+    for figure in figures:
+        error = figure.drawn.exception()
         if error is None:
-            records.append(record)
+            records.append(figure.record)
         else:  # a QC figure never costs the products
-            LOGGER.warning("QC figure %s was not written: %s", record.path.name, error)
-            transaction.forget(record.path)
+            LOGGER.warning("QC figure %s was not written: %s", figure.record.path.name, error)
+            transaction.forget(figure.record.path)
+    final = outputs[-1][0]
     obs_date = str(final.flats[0].header.get("DATE-OBS", ""))
-    table = qc_table(final_qc, obs_date=obs_date, reduction_date=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()))
+    table = qc_table(deduplicate(final.qc), obs_date=obs_date,
+                     reduction_date=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()))
     transaction.stage_text(paths.qc_table(), table.to_csv(index=False, float_format="%.10g"))
     records.append(ProductRecord("QC_TABLE", paths.qc_table(), "CSV", "QC", "QC metrics of this run"))
     return records
 
 
 def _stage_fits(transaction: ProductTransaction, paths: ProductPaths, inputs: VerifiedInputs, settings: Settings,
-                flat: LampFlat, lamp: str, qc_rows: list[QCRow]) -> list[ProductRecord]:
+                flat: LampFlat, lamp: str, qc_rows: list[QCRow], checksums: Mapping[Path, str]) -> list[ProductRecord]:
     arm, axis = inputs.arm, inputs.detector.fitted_axis
     suffix = f"_{lamp}" if lamp else ""
     header = provenance_header(inputs=inputs, flats=flat.flats, settings=settings, pro_catg=f"MASTER_FLAT_{arm}",
-                               pro_tech="IMAGE", qc_rows=qc_rows)
+                               pro_tech="IMAGE", qc_rows=qc_rows, checksums=checksums)
     flux, mask, errs = (from_ba(image, axis) for image in (flat.data, flat.mask, flat.uncertainty))
     transaction.stage(paths.master_flat(lamp), _write_fits(image_hdus(flux, mask, errs, header)))
     records = [ProductRecord(f"MFLAT{suffix}", paths.master_flat(lamp), "FITS", "PROD",
