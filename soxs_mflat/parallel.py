@@ -3,15 +3,12 @@
 numpy, bottleneck and astropy release the GIL in their array loops, so a step that splits its work
 into independent pieces (flats, row blocks, slices) runs them on :data:`WORKERS` threads through
 :func:`map_threads`. Besides, QC figures are drawn on one thread while the recipe goes on
-(:func:`worker_thread`), the input files are hashed on another (:func:`in_background`), and the
-libraries needed only at the end of a run are imported ahead (:func:`preload`). The steps
-themselves stay plain functions of arrays.
+(:func:`worker_thread`) and the input files are hashed on another (:func:`in_background`). The
+steps themselves stay plain functions of arrays.
 """
 
 from __future__ import annotations
 
-import importlib
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -39,15 +36,6 @@ def worker_thread() -> Iterator[Callable[..., Future]]:
     every task (their futures hold their exceptions)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="soxs-figures") as pool:
         yield pool.submit
-
-
-def preload(*modules: str) -> threading.Thread:
-    """Import ``modules`` on a daemon thread, so that a step needing them later finds them loaded (an import
-    under way is simply waited for)."""
-    loader = threading.Thread(target=lambda: [importlib.import_module(name) for name in modules], daemon=True,
-                              name="soxs-preload")
-    loader.start()
-    return loader
 
 
 def in_background(function: Callable[..., Result], *arguments: object) -> Future:

@@ -184,7 +184,7 @@ QC_TABLE_COLUMNS = ("soxspipe_recipe", "qc_name", "qc_value", "qc_unit", "qc_com
 
 def qc_table(rows: Iterable[QCRow], *, obs_date: str, reduction_date: str) -> pd.DataFrame:
     """The QC table (spec §8.1 columns, plus the range and its verdict), one row per metric and order."""
-    import pandas as pd  # needed only when the products are written: imported then, or ahead by preload()
+    import pandas as pd  # needed only when the products are written, after the run's peak of memory
 
     records = [
         {

@@ -29,7 +29,7 @@ from soxs_mflat.inputs import LampSet, VerifiedInputs, classify, identify_instru
 from soxs_mflat.loading import lamp_calibrations, load_flat_cube
 from soxs_mflat.normalisation import normalise_and_stack
 from soxs_mflat.order_table import OrderTable
-from soxs_mflat.parallel import in_background, preload, worker_thread
+from soxs_mflat.parallel import in_background, worker_thread
 from soxs_mflat.products import ProductPaths, md5_of, night_from_mjd, night_from_sof_name, product_paths
 from soxs_mflat.qc import QCRow, deduplicate, failed, lamp_qc
 from soxs_mflat.settings import ArmSettings, Settings, load_settings, peek_instrument
@@ -72,7 +72,6 @@ class MasterFlatRecipe:
     def run(self) -> RecipeResult:
         """Run every step and write the products; return their paths and the QC table."""
         started = time.monotonic()
-        preload("matplotlib.backends.backend_pdf", "soxs_mflat.qc_pages", "pandas")  # for the products, at the end
         with self._product_log(), ExitStack() as held:
             # The recipe's least-squares systems are small: BLAS threads would only compete with the figure thread.
             held.enter_context(threadpool_limits(limits=1, user_api="blas"))
