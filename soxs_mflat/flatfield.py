@@ -33,7 +33,8 @@ class FinishedFlat:
 def flag_and_finish(flat: np.ndarray, uncertainty: np.ndarray, input_mask: np.ndarray, bounds: OrderBounds,
                     arm: ArmSettings, *, calibration_hot: np.ndarray | None) -> FinishedFlat:
     """Flag dead, hot, low-sensitivity and partly lit edge pixels inside the orders (``calibration_hot``: the
-    pixels found hot in the master bias or the darks) and set FLUX to 1.0 between the orders."""
+    pixels found hot in the master bias or the darks), then set ``flat`` to 1.0 between the orders, in place:
+    it becomes FLUX."""
     bad = badpixels.find_bad_pixels(
         flat,
         uncertainty,
@@ -47,8 +48,8 @@ def flag_and_finish(flat: np.ndarray, uncertainty: np.ndarray, input_mask: np.nd
     )
     inside = inside_orders(bounds, flat.shape)
     mask = (input_mask | bad.mask) & inside
-    data = np.where(inside & np.isfinite(flat), flat, np.float32(1.0)).astype(np.float32, copy=False)
-    return FinishedFlat(data, mask, inside, bad)
+    np.copyto(flat, np.float32(1.0), where=~inside | ~np.isfinite(flat))
+    return FinishedFlat(flat, mask, inside, bad)
 
 
 @dataclass(frozen=True)

@@ -146,17 +146,19 @@ class MasterFlatRecipe:
         bounds = order_bounds(table, frame_ba, binning_ab)
         edge_figure = plots.order_location_figure(combined.data, detections, fit, table, binning_ab=binning_ab,
                                                   fitted_axis=axis, title=f"{inputs.arm}{tag} order edges")
+        with self._step(f"flag bad pixels{tag}"):  # in the bias or darks first: that needs the orders, not the flat
+            calibration_hot = badpixels.calibration_hot_pixels(
+                bounds, frame_ba, hot_sigma=arm.hot_pixel_clipping_sigma, input_mask_ba=combined.mask,
+                **calibrations.hot_search_frames())
+        del calibrations, band
         flat, light, light_figure = combined.data, None, None
         if settings.subtract_background:
             with self._step(f"fit scattered light{tag}"):
                 light = background.fit_scattered_light(flat, bounds, bspline_deg=settings.bspline_deg,
                                                        gaussian_blur_sigma=settings.gaussian_blur_sigma)
-                flat = flat - light.model
+                flat -= light.model  # in place: the stacked flat is not needed any more
             light_figure = plots.background_figure(flat, light, fitted_axis=axis, title=f"{inputs.arm}{tag}")
         with self._step(f"flag bad pixels{tag}"):
-            calibration_hot = badpixels.calibration_hot_pixels(
-                bounds, frame_ba, hot_sigma=arm.hot_pixel_clipping_sigma, input_mask_ba=combined.mask,
-                **calibrations.hot_search_frames())
             finished = flag_and_finish(flat, combined.uncertainty, combined.mask, bounds, arm,
                                        calibration_hot=calibration_hot)
         qc = lamp_qc(ordexp=stacked.first_levels.ordexp, fit=fit, finished=finished, limits=arm.qc_limit, inputs=inputs,
@@ -175,15 +177,15 @@ class MasterFlatRecipe:
         lamps_used = stitched.lamps
         LOGGER.info("Stitched: D2 orders %s, boundary between orders %s, D2 flat divided by %.4f", lamps_used.d2_orders,
                     lamps_used.boundary_orders, lamps_used.scale)
+        figure = plots.order_location_figure(lamps_used.data, stitched.detections, stitched.fit, stitched.table,
+                                             binning_ab=binning_ab, fitted_axis=inputs.detector.fitted_axis,
+                                             title="UVB stitched order edges")
         with self._step("flag bad pixels [stitched]"):
             finished = flag_and_finish(lamps_used.data, lamps_used.uncertainty, lamps_used.mask, stitched.bounds, arm,
                                        calibration_hot=None)
         flats = (*d2.flats, *qth.flats)
         qc = lamp_qc(ordexp=qth.ordexp, fit=stitched.fit, finished=finished, limits=arm.qc_limit, inputs=inputs,
                      flats=flats, bad_pixel_counts_too=True)
-        figure = plots.order_location_figure(lamps_used.data, stitched.detections, stitched.fit, stitched.table,
-                                             binning_ab=binning_ab, fitted_axis=inputs.detector.fitted_axis,
-                                             title="UVB stitched order edges")
         return LampFlat("", finished.data, lamps_used.uncertainty, finished.mask, stitched.table, qth.centres,
                         stitched.background, qc, flats, stitched.detections, stitched.fit, qth.ordexp, (figure, None))
 
