@@ -85,11 +85,11 @@ class MasterFlatRecipe:
                 with self._step("write products"), ProductTransaction() as transaction:
                     products = write_products(transaction, paths, inputs, settings, lamps, final)
                     transaction.stage_text(paths.log(), self._log_text(started))
+                    transaction.obsolete(paths.error_log())
                     transaction.commit()
             except Exception as error:
                 self._write_error_log(paths, error, started)
                 raise
-        paths.error_log().unlink(missing_ok=True)
         elapsed = time.monotonic() - started
         products.append(ProductRecord("LOG", paths.log(), "TXT", "PROD", "recipe log; its last line reruns it"))
         return RecipeResult(products, deduplicate(final.qc), inputs.arm, paths.log(), elapsed, paths.root,
@@ -228,7 +228,7 @@ class MasterFlatRecipe:
                     f"The output folder {folder} cannot be created ({error.strerror or error}). Nothing was written. "
                     "Choose another output directory with -o, or remove or rename what stands in the way."
                 ) from None
-        held.enter_context(StemLock(paths.products_dir, paths.stem))
+        held.enter_context(StemLock(paths.products_dir, paths.stem, also_clean=(paths.qc_dir,)))
         existing = paths.existing(s.lamp for s in inputs.lamp_sets)
         if existing and not self.overwrite:
             listing = "\n".join(f"  {path.relative_to(paths.root)}" for path in existing)
@@ -248,11 +248,13 @@ class MasterFlatRecipe:
         return sof.stem
 
     def _write_error_log(self, paths: ProductPaths, error: Exception, started: float) -> None:
-        """Leave ``<stem>_ERROR.log`` (best effort: the folder may be the very thing that failed)."""
+        """Leave ``<stem>_ERROR.log``, whole or not at all (the folder may be the very thing that failed)."""
         LOGGER.error("%s", error)
         try:
-            paths.error_log().write_text(self._log_text(started), encoding="utf-8")
-        except OSError:
+            with ProductTransaction() as transaction:
+                transaction.stage_text(paths.error_log(), self._log_text(started))
+                transaction.commit()
+        except UserInputError:
             LOGGER.debug("could not write %s", paths.error_log())
 
     # ------------------------------------------------------------------------------------ bookkeeping

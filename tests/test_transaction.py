@@ -78,6 +78,8 @@ def test_signals_are_deferred_while_products_are_renamed() -> None:
                 os.kill(os.getpid(), signal.SIGTERM)
                 done.append("renamed")
         assert done == ["renamed"] and stopped.value.exit_status == 128 + signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)  # a second stop signal while cleaning up is ignored
+        install_handlers()
         with pytest.raises(Interrupted):
             os.kill(os.getpid(), signal.SIGHUP)
     finally:
