@@ -9,6 +9,7 @@ when an input is classified, and each repair is logged, so that no product copie
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from soxs_mflat.sof import InputFile
 LOGGER = logging.getLogger(__name__)
 READ_ERRORS = (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, VerifyError, AstropyUserWarning)
 COMMENTARY = frozenset({"", "COMMENT", "HISTORY"})
+SCALING_CARDS = ("BSCALE", "BZERO", "BLANK")
+"""Primary-header cards that say how stored pixels become values: they must be numbers."""
 TRUNCATED = "File may have been truncated"
 """Start of the warning astropy gives while reading the headers of a file that ends too early."""
 
@@ -65,11 +68,29 @@ def _open_error(path: Path, error: Exception) -> UserInputError:
 
 
 def _open(path: Path, *, do_not_scale_image_data: bool = False) -> fits.HDUList:
-    """The file's HDUs, every header read (data memory-mapped, read when asked for)."""
+    """The file's HDUs, every header read (data memory-mapped, read when asked for).
+
+    A compressed file whose decompressor is not installed, and a file whose first HDU is not a
+    standard primary HDU (``SIMPLE = T``), are user errors naming the file. The primary HDU is
+    checked before astropy looks for further HDUs: in a gzipped file with ``SIMPLE = F`` astropy
+    would otherwise read the first HDU again and again without end.
+    """
     try:
         hdulist = fits.open(path, do_not_scale_image_data=do_not_scale_image_data)
-        len(hdulist)  # reads every header
+    except ImportError as error:
+        raise UserInputError(
+            f"{path} is compressed, but its decompressor is not installed ({error}). Install the project's "
+            "dependencies again (pip install uncompresspy for Unix-compressed .Z files), or decompress the file "
+            f"(uncompress or gunzip {path.name}) and give the decompressed file instead."
+        ) from None
     except READ_ERRORS as error:
+        raise _open_error(path, error) from None
+    try:
+        if not isinstance(hdulist[0], fits.PrimaryHDU):
+            raise VerifyError("the first header is not a standard FITS primary header (SIMPLE = T)")
+        len(hdulist)  # reads every header
+    except (*READ_ERRORS, AttributeError) as error:
+        hdulist.close()
         raise _open_error(path, error) from None
     return hdulist
 
@@ -84,16 +105,68 @@ def read_frame_file(item: InputFile, *, data_extension: int = 0) -> FrameFile:
         warnings.filterwarnings("error", message=TRUNCATED, category=AstropyUserWarning)
         hdulist = _open(item.path)
     with hdulist:
-        n_hdus = len(hdulist)
-        header = hdulist[0].header
-        if 0 < data_extension < n_hdus:
-            extension = hdulist[data_extension].header.copy()
-            for card in header.cards:
-                if card.keyword not in COMMENTARY and card.keyword not in extension:
-                    extension.append(card)
-            header = extension
-        is_table = n_hdus > 1 and isinstance(hdulist[1], fits.BinTableHDU | fits.TableHDU)
-        return FrameFile(item.path, item.tag, standard_header(header, item.path), n_hdus, is_table)
+        return frame_from_hdus(item, hdulist, data_extension=data_extension)
+
+
+def frame_from_hdus(item: InputFile, hdulist: fits.HDUList, *, data_extension: int = 0) -> FrameFile:
+    """The :class:`FrameFile` of an opened input (see :func:`read_frame_file`).
+
+    Image scaling cards that are not numbers (``BZERO = 'abc'``) make the pixels unreadable: a user
+    error naming the file, raised here rather than when the pixels are first read.
+    """
+    n_hdus = len(hdulist)
+    header = hdulist[0].header
+    unreadable = [card.image.strip() for card in header.cards
+                  if card.keyword in SCALING_CARDS and not is_finite_number(_card_value(card))]
+    if unreadable:
+        raise _open_error(item.path, ValueError(f"the scaling card(s) {'; '.join(unreadable)} must be numbers"))
+    if 0 < data_extension < n_hdus:
+        extension = hdulist[data_extension].header.copy()
+        for card in header.cards:
+            if card.keyword not in COMMENTARY and card.keyword not in extension:
+                extension.append(card)
+        header = extension
+    is_table = n_hdus > 1 and isinstance(hdulist[1], fits.BinTableHDU | fits.TableHDU)
+    return FrameFile(item.path, item.tag, standard_header(header, item.path), n_hdus, is_table)
+
+
+def is_finite_number(value: object) -> bool:
+    """True for a finite int or float header value (a FITS logical T/F is not a number)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def header_number(frame: FrameFile, keyword: str, *, what: str, required: bool = True, integer: bool = False,
+                  low: float | None = None, high: float | None = None) -> float | None:
+    """The value of a numeric card of an input, for ``what`` it is needed; None if the card is absent or has
+    no value and is not ``required``.
+
+    A value that is not a finite number in ``[low, high]`` (a whole one if ``integer``), or a required
+    card without a value, is a :class:`UserInputError` naming the file, the card and the value.
+    """
+    value = frame.header.get(keyword)
+    value = None if isinstance(value, fits.card.Undefined) else value
+    if value is None and not required:
+        return None
+    valid = is_finite_number(value) and (not integer or float(value).is_integer()) and (low is None or value >= low) and (
+        high is None or value <= high)
+    if not valid:
+        kind = "a whole number" if integer else "a finite number"
+        limits = f" from {low:g} to {high:g}" if low is not None and high is not None else (
+            f" of at least {low:g}" if low is not None else "")
+        shown = f"no value in {keyword}" if value is None else f"{keyword} = {value!r}"
+        raise UserInputError(
+            f"{frame.path} has {shown}, but {what} needs {kind}{limits} there. Use the file as delivered by the "
+            "archive (headers untouched), or correct the card."
+        )
+    return int(value) if integer else float(value)
+
+
+def _card_value(card: fits.Card) -> object:
+    """The value of a card, None if astropy cannot parse it."""
+    try:
+        return card.value
+    except (VerifyError, ValueError):
+        return None
 
 
 def standard_header(header: fits.Header, path: Path) -> fits.Header:
@@ -209,15 +282,19 @@ def table_columns(hdu: fits.BinTableHDU | fits.TableHDU) -> dict[str, np.ndarray
 
 
 def read_order_table(path: Path) -> OrderTable:
-    """An order table (spec §4) from disk: HDU 1 and HDU 2 by position, as soxspipe reads them."""
-    try:
-        with fits.open(path) as hdulist:
+    """An order table (spec §4) from disk: HDU 1 and HDU 2 by position, as soxspipe reads them.
+
+    A table that cannot be read, or whose columns contradict each other (a degree column claiming
+    coefficients the table lacks), is a user error naming the file.
+    """
+    with _open(path) as hdulist:
+        try:
             return from_tables(hdulist[0].header.copy(), table_columns(hdulist[1]), table_columns(hdulist[2]))
-    except (*READ_ERRORS, AttributeError) as error:
-        raise UserInputError(
-            f"{path} is not a valid order table ({' '.join(str(error).split())}). Give the ORDER_TAB product of "
-            "soxs_order_centres for this arm."
-        ) from None
+        except (*READ_ERRORS, AttributeError) as error:
+            raise UserInputError(
+                f"{path} is not a valid order table ({' '.join(str(error).split())}). Give the ORDER_TAB product of "
+                "soxs_order_centres for this arm."
+            ) from None
 
 
 def read_bad_pixel_map(path: Path, shape: tuple[int, int]) -> np.ndarray:

@@ -15,12 +15,14 @@ from enum import Enum
 from astropy.io import fits
 
 from soxs_mflat.errors import UserInputError
-from soxs_mflat.frames import FrameFile
+from soxs_mflat.frames import FrameFile, header_number, is_finite_number
 from soxs_mflat.instruments import Detector, Keywords, detector_for, instrument_from_header, keywords_for
 
 MIN_FLATS = 5
 FLAT_TYPES = ("FLAT,LAMP", "LAMP,FLAT")
 LAMP_TAGS = ("", "DLAMP", "QLAMP", "DOME")
+MAX_BINNING = 16
+"""Largest binning factor believed from a header (ESO detectors bin by 1 to 4)."""
 
 
 class Role(Enum):
@@ -99,6 +101,14 @@ def _value(header: fits.Header, keyword: str | None) -> str:
 def _defined(value: object) -> object:
     """A header value, None for a card without one (astropy's ``Undefined``)."""
     return None if isinstance(value, fits.card.Undefined) else value
+
+
+def _exptime(frame: FrameFile, kw: Keywords) -> float:
+    return float(header_number(frame, kw.exptime, what="the exposure time", low=0))
+
+
+def _mjd(frame: FrameFile, kw: Keywords) -> float:
+    return float(header_number(frame, kw.mjd_obs, what="the observation time (MJD)"))
 
 
 def _flat_lamp(frame: FrameFile, kw: Keywords, instrument: str, arm: str) -> str | None:
@@ -220,15 +230,22 @@ def _unique(frames: list[FrameFile], read: Callable[[FrameFile], object], what: 
 
 
 def _binning(frame: FrameFile, kw: Keywords, arm: str) -> tuple[int, int]:
-    if arm == "NIR":
-        return (1, 1)
-    return int(frame.header.get(kw.binx, 1)), int(frame.header.get(kw.biny, 1))
+    """(x, y) binning of a frame; NIR detectors are never binned."""
+    return (1, 1) if arm == "NIR" else _header_binning(frame, kw)
+
+
+def _header_binning(frame: FrameFile, kw: Keywords) -> tuple[int, int]:
+    """(x, y) binning the header states, 1 where a card is absent."""
+    x, y = (header_number(frame, keyword, what="the binning", required=False, integer=True, low=1, high=MAX_BINNING)
+            for keyword in (kw.binx, kw.biny))
+    return (x or 1, y or 1)
 
 
 def _gain(frame: FrameFile, kw: Keywords, instrument: str) -> float | None:
+    """The largest positive gain card (CONAD, and GAIN for SOXS), None if none holds one."""
     h = frame.header
     values = [h.get(kw.conad)] + ([h.get(kw.gain)] if instrument == "soxs" else [])
-    numbers = [float(v) for v in values if isinstance(v, int | float) and v > 0]
+    numbers = [float(v) for v in values if is_finite_number(v) and v > 0]
     return max(numbers) if numbers else None
 
 
@@ -273,7 +290,7 @@ def verify(classified: list[Classified], *, instrument: str, arm: str) -> Verifi
                 f"Only {len(frames)} {label}lamp flat(s) were given ({_names(frames)}); at least {MIN_FLATS} are needed "
                 "for a robust sigma-clipped stack. Add more flats taken with the same setup."
             )
-        _unique(frames, lambda f: float(f.header[kw.exptime]), "exposure time",
+        _unique(frames, lambda f: _exptime(f, kw), "exposure time",
                 "Give flats of a single exposure time (one SOF per exposure time).")
     slit_keyword = kw.slit[arm]
     _require(flat_frames, slit_keyword, "the slit check")
@@ -292,8 +309,8 @@ def verify(classified: list[Classified], *, instrument: str, arm: str) -> Verifi
         notes.append(f"Gain read from the detector table: {gain} e-/ADU (the flats carry no {kw.conad}).")
     else:
         gain, gain_source = float(gain_value), "header"
-    ron_value = _unique(flat_frames, lambda f: _defined(f.header.get(kw.ron)), "read noise (ESO DET OUT1 RON)",
-                        "Give flats of one readout mode only.")
+    ron_value = _unique(flat_frames, lambda f: header_number(f, kw.ron, what="the read noise", required=False, low=0),
+                        f"read noise ({kw.ron})", "Give flats of one readout mode only.")
     ron, ron_source = (detector.default_ron, "detector default") if ron_value is None else (float(ron_value), "header")
 
     tables = by_role.get(Role.ORDER_TABLE, [])
@@ -304,7 +321,7 @@ def verify(classified: list[Classified], *, instrument: str, arm: str) -> Verifi
             f"ORDER_TAB_{arm} product of soxs_order_centres for this arm."
         )
     for t in tables:
-        table_binning = (int(t.frame.header.get(kw.binx, 1) or 1), int(t.frame.header.get(kw.biny, 1) or 1))
+        table_binning = _header_binning(t.frame, kw)
         if table_binning not in ((1, 1), binning):
             raise UserInputError(
                 f"The order-centre table {t.frame.path} was made at binning {table_binning[0]}x{table_binning[1]} but "
@@ -328,14 +345,17 @@ def verify(classified: list[Classified], *, instrument: str, arm: str) -> Verifi
                 f"More than one order-centre table fits the {lamp or 'lamp'} flats: {_names(c.frame for c in candidates)}. "
                 "Keep only the one to use."
             )
-        frames.sort(key=lambda f: float(f.header[kw.mjd_obs]))
-        lamp_sets.append(LampSet(lamp, tuple(frames), candidates[0].frame, float(frames[0].header[kw.exptime])))
+        frames.sort(key=lambda f: _mjd(f, kw))
+        lamp_sets.append(LampSet(lamp, tuple(frames), candidates[0].frame, _exptime(frames[0], kw)))
 
     biases = [c.frame for c in by_role.get(Role.MASTER_BIAS, [])]
     master_darks = [c.frame for c in by_role.get(Role.MASTER_DARK, [])]
     darks = [c.frame for c in by_role.get(Role.LAMP_OFF, [])] or [c.frame for c in by_role.get(Role.RAW_DARK, [])]
     _require(darks + master_darks, kw.exptime, "dark scaling")
     _require(darks, kw.mjd_obs, "matching each flat with its nearest dark")
+    for dark in darks + master_darks:  # scaled by their exposure times: check them now
+        _exptime(dark, kw)
+    dark_mjds = {dark.path: _mjd(dark, kw) for dark in darks}
     if arm in ("UVB", "VIS"):
         if not biases:
             raise UserInputError(
@@ -365,7 +385,7 @@ def verify(classified: list[Classified], *, instrument: str, arm: str) -> Verifi
     master = (biases or master_darks)
     if master:
         measured = master[-1].header.get(kw.qc_raw_ron)
-        if isinstance(measured, int | float) and measured > 0 and kw.datancom in master[-1].header:
+        if is_finite_number(measured) and measured > 0 and kw.datancom in master[-1].header:
             ron, ron_source = float(measured), f"QC RAW RON of {master[-1].path.name}"
     bad_pixel_maps = [c.frame for c in by_role.get(Role.BAD_PIXEL_MAP, [])]
     if len(bad_pixel_maps) > 1:
@@ -382,7 +402,7 @@ def verify(classified: list[Classified], *, instrument: str, arm: str) -> Verifi
         lamp_sets=tuple(lamp_sets),
         master_bias=biases[0] if biases else None,
         master_dark=master_darks[0] if master_darks else None,
-        darks=tuple(sorted(darks, key=lambda f: float(f.header[kw.mjd_obs]))),
+        darks=tuple(sorted(darks, key=lambda f: dark_mjds[f.path])),
         bad_pixel_map=bad_pixel_maps[0] if bad_pixel_maps else None,
         gain=gain,
         gain_source=gain_source,

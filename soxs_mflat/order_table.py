@@ -27,6 +27,9 @@ HEADER_ONLY_REMOVED = ("EXTNAME", "BUNIT")
 """Cards of a copied image header that do not describe a header-only primary HDU."""
 TRACE_PREFIXES = {"centre": "cent_", "std": "std_", "edge_low": "edgelow_c", "edge_up": "edgeup_c"}
 _DEGREE_SUFFIX = {"centre": "cent", "std": "std", "edge_low": "edgelow", "edge_up": "edgeup"}
+DEGREE_CHECKED = ("centre", "edge_low", "edge_up")
+"""Polynomials whose coefficient columns must match their degree columns; soxspipe ignores the ``std``
+degrees (it evaluates ``std_`` with the centre degrees), so those are not held against a table."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,14 @@ def _terms(prefix: str, poly: Poly2D) -> list[tuple[str, object]]:
     ]
 
 
-def _read_poly(coefficients: dict[str, np.ndarray], kind: str) -> Poly2D | None:
+def _read_poly(coefficients: dict[str, np.ndarray], kind: str, along_axis: str) -> Poly2D | None:
+    """The polynomial of ``kind`` from its coefficient columns, or None if the table has none.
+
+    Where the table has the degree columns of a :data:`DEGREE_CHECKED` kind (``degorder_<kind>``,
+    ``deg<B>_<kind>``), they must be whole numbers and the coefficient columns exactly the terms they
+    claim (a ValueError naming the missing or surplus columns otherwise): a table cut short must not
+    be read as a lower-degree fit.
+    """
     prefix = TRACE_PREFIXES[kind]
     pattern = re.compile(rf"^{prefix}(\d)(\d)$")
     terms = {}
@@ -135,6 +145,17 @@ def _read_poly(coefficients: dict[str, np.ndarray], kind: str) -> Poly2D | None:
         match = pattern.match(name)
         if match:
             terms[(int(match.group(1)), int(match.group(2)))] = float(values[0])
+    claimed = _claimed_degrees(coefficients, kind, along_axis) if kind in DEGREE_CHECKED else None
+    if claimed is not None:
+        expected = {(i, j) for i in range(claimed[0] + 1) for j in range(claimed[1] + 1)}
+        missing = sorted(expected - set(terms))
+        surplus = sorted(set(terms) - expected)
+        if missing or surplus:
+            suffix = _DEGREE_SUFFIX[kind]
+            claim = f"degorder_{suffix} = {claimed[0]} and deg{along_axis}_{suffix} = {claimed[1]}"
+            problems = [f"lacks the column(s) {', '.join(f'{prefix}{i}{j}' for i, j in missing)}"] if missing else []
+            problems += [f"has column(s) {', '.join(f'{prefix}{i}{j}' for i, j in surplus)} beyond them"] if surplus else []
+            raise ValueError(f"{claim} claim {len(expected)} {prefix} coefficients, but the table {' and '.join(problems)}")
     if not terms:
         return None
     deg_order = max(i for i, _ in terms)
@@ -143,6 +164,26 @@ def _read_poly(coefficients: dict[str, np.ndarray], kind: str) -> Poly2D | None:
     for (i, j), value in terms.items():
         coeffs[i, j] = value
     return Poly2D(coeffs)
+
+
+def _claimed_degrees(coefficients: dict[str, np.ndarray], kind: str, along_axis: str) -> tuple[int, int] | None:
+    """(order degree, axis-B degree) from the kind's degree columns; None when the table has neither."""
+    suffix = _DEGREE_SUFFIX[kind]
+    names = (f"degorder_{suffix}", f"deg{along_axis}_{suffix}")
+    present = [name for name in names if name in coefficients]
+    if not present:
+        return None
+    if len(present) == 1:
+        missing = next(name for name in names if name not in coefficients)
+        raise ValueError(f"the table has the column {present[0]} but lacks {missing}")
+    degrees = []
+    for name in names:
+        value = np.asarray(coefficients[name]).ravel()[:1]
+        number = float(value[0]) if value.size and value.dtype.kind in "biuf" else float("nan")
+        if not (number.is_integer() and 0 <= number <= 9):
+            raise ValueError(f"the column {name} is {value[0] if value.size else 'empty'}, not a degree from 0 to 9")
+        degrees.append(int(number))
+    return degrees[0], degrees[1]
 
 
 def to_hdus(table: OrderTable, *, trace_binning: tuple[int, int] = (1, 1)) -> list[fits.PrimaryHDU | fits.BinTableHDU]:
@@ -209,7 +250,7 @@ def from_tables(header: fits.Header, coefficients: dict[str, np.ndarray], meta: 
     """An order table from its primary header and the columns of HDU 1 (coefficients) and HDU 2 (metadata)."""
     fitted_axis = "x" if "degy_cent" in coefficients else "y"
     a, b = fitted_axis, ("y" if fitted_axis == "x" else "x")
-    centre = _read_poly(coefficients, "centre")
+    centre = _read_poly(coefficients, "centre", b)
     if centre is None:
         raise ValueError("order table has no cent_ coefficients")
     known = {"order", f"{b}min", f"{b}max", f"{a}min", f"{a}max"}
@@ -223,9 +264,9 @@ def from_tables(header: fits.Header, coefficients: dict[str, np.ndarray], meta: 
         a_min=np.asarray(meta[f"{a}min"], dtype=np.float64) if f"{a}min" in meta else nan,
         a_max=np.asarray(meta[f"{a}max"], dtype=np.float64) if f"{a}max" in meta else nan,
         centre=centre,
-        std=_read_poly(coefficients, "std"),
-        edge_low=_read_poly(coefficients, "edge_low"),
-        edge_up=_read_poly(coefficients, "edge_up"),
+        std=_read_poly(coefficients, "std", b),
+        edge_low=_read_poly(coefficients, "edge_low", b),
+        edge_up=_read_poly(coefficients, "edge_up", b),
         extra_meta={name: np.asarray(values, dtype=np.float64) for name, values in meta.items() if name not in known},
         header=header,
     )

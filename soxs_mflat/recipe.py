@@ -96,6 +96,7 @@ class MasterFlatRecipe:
                     products = write_products(transaction, paths, inputs, settings, outputs, figures,
                                               checksums=checksums.result())
                     transaction.stage_text(paths.log(), self._log_text(started))
+                    transaction.obsolete(paths.error_log())
                     transaction.commit()
                 paths.error_log().unlink(missing_ok=True)  # a failure of an earlier run, now superseded
             except Exception as error:
@@ -252,8 +253,8 @@ class MasterFlatRecipe:
                 ) from None
         held.enter_context(StemLock(paths.products_dir, paths.stem))
         lamps = [s.lamp for s in inputs.lamp_sets]
-        for stale in remove_stale_temporaries(paths.every(lamps)):
-            LOGGER.info("Removed %s, left by a run of this set that was killed", stale.name)
+        for stale in remove_stale_temporaries([*paths.every(lamps), paths.error_log()]):
+            LOGGER.info("Removed %s, left by a run of this set that was killed before it could clean up", stale.name)
         existing = paths.existing(lamps)
         if existing and not self.overwrite:
             raise UserInputError(
@@ -273,11 +274,13 @@ class MasterFlatRecipe:
         return sof.stem
 
     def _write_error_log(self, paths: ProductPaths, error: Exception, started: float) -> None:
-        """Leave ``<stem>_ERROR.log`` (best effort: the folder may be the very thing that failed)."""
+        """Leave ``<stem>_ERROR.log``, whole or not at all (the folder may be the very thing that failed)."""
         LOGGER.error("%s", error)
         try:
-            paths.error_log().write_text(self._log_text(started), encoding="utf-8")
-        except OSError:
+            with ProductTransaction() as transaction:
+                transaction.stage_text(paths.error_log(), self._log_text(started))
+                transaction.commit()
+        except UserInputError:
             LOGGER.debug("could not write %s", paths.error_log())
 
     # ------------------------------------------------------------------------------------ bookkeeping

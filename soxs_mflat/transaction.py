@@ -7,7 +7,8 @@ that removes the temporaries and leaves the previous products exactly as they we
 
 A :class:`StemLock` is an OS file lock (``fcntl.flock``) on ``.<stem>.lock`` in the products folder,
 held from before the first check for existing products until the last rename: a second run on the
-same products stops at once, naming the lock and the run that holds it.
+same products stops at once, naming the lock and the run that holds it. The run that takes the lock
+removes the temporaries of that stem that a run killed outright (SIGKILL, a power cut) left behind.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import errno
 import fcntl
 import glob
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -25,34 +27,45 @@ from types import TracebackType
 from soxs_mflat.errors import UserInputError
 from soxs_mflat.interruption import deferred_signals
 
+TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+"""A name made by :func:`temporary_path`: the final name and the pid of the run writing it."""
 
 def temporary_path(path: Path) -> Path:
     """Hidden temporary name for ``path`` in the same folder (so renaming it onto ``path`` is atomic)."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def remove_stale_temporaries(products: Iterable[Path]) -> list[Path]:
-    """Remove the temporaries of ``products`` that a run killed outright (SIGKILL, power loss) left behind.
+ASTROPY_DISK_FULL = "Not enough space on disk"
+"""How astropy words a FITS write that failed for lack of space (its OSError carries no errno)."""
 
-    Call only while holding the products' :class:`StemLock`: no live run is writing them then.
+
+def error_number(error: BaseException) -> int | None:
+    """The errno of ``error`` or of the first exception it was raised from or while handling.
+
+    astropy re-raises a failed FITS write as a new OSError without one, the original in its context.
     """
-    stale = [found for path in products for found in path.parent.glob(f".{glob.escape(path.name)}.*.tmp")]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen.errno
+        if ASTROPY_DISK_FULL in str(seen):
+            return errno.ENOSPC
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def write_error(error: OSError, folder: Path) -> UserInputError:
     """A one-paragraph error for a file that could not be written into ``folder``."""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    number = error_number(error)
+    if number in (errno.ENOSPC, errno.EDQUOT):
         fix = "Free space on that file system (or raise the quota), or choose another output directory with -o"
         what = "the disk is full"
-    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    elif number in (errno.EACCES, errno.EPERM, errno.EROFS):
         fix = "Make the folder writable, or choose another output directory with -o"
-        what = "it is not writable" if error.errno != errno.EROFS else "its file system is read-only"
+        what = "it is not writable" if number != errno.EROFS else "its file system is read-only"
     else:
         fix = "Check the folder and the file system, or choose another output directory with -o"
-        what = error.strerror or str(error)
+        what = " ".join((error.strerror or str(error)).split())
     return UserInputError(
         f"The products could not be written to {folder}: {what}. No product was changed: the previous products, if "
         f"any, are intact and no temporary file was left. {fix}, then rerun the same command."
@@ -64,6 +77,7 @@ class ProductTransaction:
 
     def __init__(self) -> None:
         self._staged: dict[Path, Path] = {}
+        self._obsolete: list[Path] = []
         self._committed = False
         self._discarded = False
 
@@ -77,6 +91,10 @@ class ProductTransaction:
         temporary = temporary_path(path)
         self._staged[path] = temporary
         return temporary
+
+    def obsolete(self, path: Path) -> None:
+        """Remove ``path`` (a file of an earlier run that must not outlive this one) as part of :meth:`commit`."""
+        self._obsolete.append(path)
 
     def forget(self, path: Path) -> None:
         """Drop ``path`` from the transaction and remove its temporary (a file that could not be made)."""
@@ -97,7 +115,8 @@ class ProductTransaction:
         return self.stage(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
     def commit(self) -> list[Path]:
-        """Flush every staged file to disk, then rename them all into place with stop signals deferred."""
+        """Flush every staged file to disk, then rename them all into place and remove the obsolete files, with
+        stop signals deferred."""
         try:
             for temporary in self._staged.values():
                 with open(temporary, "rb+") as handle:
@@ -109,6 +128,8 @@ class ProductTransaction:
             for path, temporary in self._staged.items():
                 os.replace(temporary, path)
             self._committed = True
+            for path in self._obsolete:
+                path.unlink(missing_ok=True)
         return list(self._staged)
 
     def discard(self) -> None:
@@ -127,10 +148,13 @@ class ProductTransaction:
 
 
 class StemLock:
-    """Exclusive lock on the products of one stem, held while the run works (a context manager)."""
+    """Exclusive lock on the products of one stem, held while the run works (a context manager).
 
-    def __init__(self, products_dir: Path, stem: str) -> None:
-        self.path = products_dir / f".{stem}.lock"
+    The lock file is ``folder/.<stem>.lock``.
+    """
+
+    def __init__(self, folder: Path, stem: str) -> None:
+        self.path = folder / f".{stem}.lock"
         self._descriptor: int | None = None
 
     def acquire(self) -> None:
@@ -166,3 +190,33 @@ class StemLock:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.release()
+
+
+def remove_stale_temporaries(products: Iterable[Path]) -> list[Path]:
+    """Remove the temporaries of ``products`` whose writing process no longer exists (a run killed outright).
+
+    Call it only while holding the products' :class:`StemLock`. A process that cannot be asked about
+    (another user's) counts as alive; a file that cannot be removed is left for a later run.
+    """
+    removed = []
+    for product in products:
+        for candidate in product.parent.glob(f".{glob.escape(product.name)}.*.tmp"):
+            match = TEMPORARY_NAME.match(candidate.name)
+            if match is None or _process_exists(int(match["pid"])):
+                continue
+            try:
+                candidate.unlink()
+            except OSError:
+                continue
+            removed.append(candidate)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
