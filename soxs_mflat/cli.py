@@ -5,6 +5,7 @@ Usage:
     soxspipe simulate score <productsDirectory> <truthDirectory>
     soxspipe simulate preview <fitsFile> <pngFile>
     soxspipe simulate <outputDirectory> [--instrument=<inst>] [--arm=<arm>] [--binning=<XxY>] [--nflats=<n>] [--seed=<n>]
+                            [--vary] [--variation=<file>]
     soxspipe --version
     soxspipe -h | --help
 
@@ -29,6 +30,8 @@ Options:
     --binning=<XxY>            Binning, e.g. 2x2 (UVB/VIS only) [default: 1x1].
     --nflats=<n>               Number of lamp flats (per lamp) [default: 5].
     --seed=<n>                 Random seed [default: 0].
+    --vary                     Draw every scene and detector factor of the set from its range (docs/simulator.md).
+    --variation=<file>         YAML file of variation factors (name: value) set over the nominal or drawn set.
 """
 
 from __future__ import annotations
@@ -105,7 +108,9 @@ def _run_simulate(arguments: dict) -> int:
     arm = arguments["--arm"].upper()
     try:
         made = simulate.simulate_set(Path(arguments["<outputDirectory>"]), instrument=instrument, arm=arm,
-                                     binning=(binx, biny), nflats=nflats, seed=seed)
+                                     binning=(binx, biny), nflats=nflats, seed=seed,
+                                     variation=simulate.variation_request(vary=arguments["--vary"],
+                                                                          path=arguments["--variation"]))
     except ValueError as error:
         raise UserInputError(f"Cannot simulate {instrument} {arm} {binx}x{biny}: {error}.") from None
     print(f"SOF: {made.sof}\nSettings: {made.settings}\nTruth: {made.truth_dir}")
