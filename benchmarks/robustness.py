@@ -9,12 +9,15 @@ factor) and names the factors most likely behind each failing set. ``--ablate N`
 failing sets per arm with one group of factors at a time set back to nominal and reports which
 groups fix them.
 
-Each set's result is written to ``<output>/sets/<arm>/<seed>.json`` as soon as it is scored, and
-sets already scored are skipped, so an interrupted run resumes where it stopped. The set's frames
-are deleted after scoring unless ``--keep``. Results: ``<output>/robustness.md`` and ``robustness.json``.
+Sets run seed by seed across the arms, so a partial run covers every arm. A drawn number of flats
+below ``--min-flats`` (default 5) is raised to it: the recipe refuses fewer, as the data organiser
+never builds such a set (``--min-flats 3`` measures that). Each set's result is written to
+``<output>/sets/<arm>/<seed>.json`` as soon as it is scored, and sets already scored are skipped,
+so an interrupted run resumes where it stopped. The set's frames are deleted after scoring unless
+``--keep``. Results: ``<output>/robustness.md`` and ``robustness.json``.
 
 Usage: python benchmarks/robustness.py [--arms soxs:NIR,soxs:VIS,xsh:UVB,xsh:VIS,xsh:NIR] [--sets 50]
-       [--first-seed 10000] [--output DIR] [--jobs 1] [--set name=value ...] [--ablate N] [--keep]
+       [--first-seed 10000] [--output DIR] [--jobs 1] [--set name=value ...] [--min-flats 5] [--ablate N] [--keep]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from scipy import stats
 
 from soxs_mflat.simulate import Variation, score, simulate_set
 from soxs_mflat.simulate.variation import RANDOM_KEY
+from soxs_mflat.simulate.writer import set_variation
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARMS = "soxs:NIR:1x1,soxs:VIS:1x1,xsh:UVB:1x1,xsh:VIS:1x1,xsh:NIR:1x1"
@@ -95,10 +99,24 @@ def failed_targets(values: dict[str, float], *, recipe_ok: bool) -> list[str]:
     return failed
 
 
-def run_set(arm: str, seed: int, output: Path, overrides: dict, *, keep: bool, label: str = "") -> dict:
-    """Simulate, reduce and score one drawn set; write and return its record."""
+def _split(arm: str) -> tuple[str, str, tuple[int, int]]:
     instrument, arm_name, binning = arm.split(":")
     binx, biny = (int(value) for value in binning.split("x"))
+    return instrument, arm_name, (binx, biny)
+
+
+def with_min_flats(arm: str, seed: int, overrides: dict, min_flats: int) -> dict:
+    """``overrides`` plus ``nflats = min_flats`` when the set would draw fewer flats than that."""
+    if "nflats" in overrides:
+        return overrides
+    instrument, arm_name, binning = _split(arm)
+    drawn = set_variation({RANDOM_KEY: True, **overrides}, instrument=instrument, arm=arm_name, binning=binning, seed=seed)
+    return {**overrides, "nflats": min_flats} if (drawn.nflats or 0) < min_flats else overrides
+
+
+def run_set(arm: str, seed: int, output: Path, overrides: dict, *, keep: bool, label: str = "") -> dict:
+    """Simulate, reduce and score one drawn set; write and return its record."""
+    instrument, arm_name, (binx, biny) = _split(arm)
     folder = output / "work" / f"{arm.replace(':', '_')}_{seed}{label}"
     shutil.rmtree(folder, ignore_errors=True)
     started = time.perf_counter()
@@ -312,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="sets run at once (each recipe uses 2 threads)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="fix a factor in every drawn set (YAML value), e.g. --set nflats=3")
+    parser.add_argument("--min-flats", type=int, default=5,
+                        help="raise a drawn number of flats below this to it (the recipe, like the data organiser, "
+                             "refuses fewer than 5; 3 measures that)")
     parser.add_argument("--ablate", type=int, default=0, help="failing sets per arm to re-run with each factor group at nominal")
     parser.add_argument("--keep", action="store_true", help="keep each set's frames and products")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from the scored sets")
@@ -322,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     Variation().with_values(overrides)
     arms = args.arms.split(",")
     started = time.perf_counter()
-    jobs = [(arm, seed, overrides, "") for arm in arms for seed in range(args.first_seed, args.first_seed + args.sets)]
+    seeds = range(args.first_seed, args.first_seed + args.sets)
+    jobs = [(arm, seed, with_min_flats(arm, seed, overrides, args.min_flats), "") for seed in seeds for arm in arms]
     if not args.report_only:
         run_all(jobs, args.output, workers=args.jobs, keep=args.keep)
     records = [json.loads(_record_path(args.output, arm, seed).read_text()) for arm, seed, _, _ in jobs

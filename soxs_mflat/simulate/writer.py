@@ -107,9 +107,8 @@ def simulate_set(
         ``nflats < 1``, or an unknown or unreadable variation.
     """
     instrument, arm, binning = _validate(instrument, arm, binning)
-    root = np.random.SeedSequence([seed, zlib.crc32(f"{instrument}/{arm}/{binning[0]}x{binning[1]}".encode())])
-    defects_rng, lamp_rng, bias_rng, table_rng, frame_rng = (np.random.default_rng(s) for s in root.spawn(5))
-    variation_seed, extra_seed = root.spawn(2)
+    root, variation_seed, extra_seed = _seed_tree(instrument, arm, binning, seed)
+    defects_rng, lamp_rng, bias_rng, table_rng, frame_rng = (np.random.default_rng(s) for s in root)
     variation = resolve_variation(variation, np.random.default_rng(variation_seed))
     nflats = variation.nflats if variation.nflats is not None else nflats
     if nflats < 1:
@@ -160,6 +159,32 @@ def simulate_set(
         binning=binning,
         variation=variation,
     )
+
+
+def set_variation(
+    variation: Variation | Mapping[str, object] | str | Path | None,
+    *,
+    instrument: str = "soxs",
+    arm: str = "NIR",
+    binning: tuple[int, int] = (1, 1),
+    seed: int = 0,
+) -> Variation:
+    """The variation :func:`simulate_set` would use for these arguments, without simulating anything."""
+    instrument, arm, binning = _validate(instrument, arm, binning)
+    return resolve_variation(variation, np.random.default_rng(_seed_tree(instrument, arm, binning, seed)[1]))
+
+
+def _seed_tree(
+    instrument: str, arm: str, binning: tuple[int, int], seed: int
+) -> tuple[list[np.random.SeedSequence], np.random.SeedSequence, np.random.SeedSequence]:
+    """The set's seed tree: five nominal children, then the variation's and the extra draws' children.
+
+    The variation children come after the nominal ones, so a nominal set's draws never change.
+    """
+    root = np.random.SeedSequence([seed, zlib.crc32(f"{instrument}/{arm}/{binning[0]}x{binning[1]}".encode())])
+    nominal = root.spawn(5)
+    variation_seed, extra_seed = root.spawn(2)
+    return nominal, variation_seed, extra_seed
 
 
 def _validate(instrument: str, arm: str, binning: tuple[int, int]) -> tuple[str, str, tuple[int, int]]:
