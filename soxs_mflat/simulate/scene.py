@@ -26,6 +26,8 @@ THERMAL_ORDER_STEP = 3.0
 """Factor by which the thermal light through the slit drops from one order to the next bluer one."""
 FULL_SCALE_ADU = 65535.0
 """ADC range of the raw frames (uint16)."""
+BRIGHTEST_ORDERS = 3
+"""The order brought near saturation is one of this many brightest orders of its lamp."""
 CONTRAST_POWER = (0.3, 3.0)
 """Limits of the power applied to a lamp spectrum to reach a requested order contrast."""
 
@@ -159,7 +161,8 @@ def _with_contrast(spectrum: LampSpectrum, layout: ArmLayout, lamp: Lamp, contra
 
 
 def _near_saturation(scene: Scene, rng: np.random.Generator, vignette_ba: np.ndarray) -> Scene:
-    """Brighten one order of one lamp until its brightest pixel reaches the requested fraction of the ADC range.
+    """Brighten one of the brightest orders of one lamp until its brightest pixel reaches the requested fraction
+    of the ADC range (as when a flat's exposure is set by its brightest order).
 
     The extra light is the order's own image (and its scattered light) times a factor chosen so that
     the brightest non-hot pixel of the brightest flat reaches the target, bias level and structure
@@ -168,8 +171,11 @@ def _near_saturation(scene: Scene, rng: np.random.Generator, vignette_ba: np.nda
     layout, geometry, variation = scene.layout, scene.geometry, scene.variation
     index = int(rng.integers(len(scene.lamps)))
     model = scene.lamps[index]
-    candidates = model.lamp.bright_orders or tuple(int(order) for order in layout.orders)
-    order = int(rng.choice(candidates))
+    candidates = np.asarray(model.lamp.bright_orders or layout.orders)
+    order_map = geometry.to_frame(geometry.in_slit())
+    levels = [float(np.median(model.illumination[order_map == value])) if np.any(order_map == value) else 0.0
+              for value in candidates]
+    order = int(rng.choice(candidates[np.argsort(levels)[-BRIGHTEST_ORDERS:]]))
     spectrum = _with_contrast(model.lamp.spectrum, layout, model.lamp, variation.order_contrast)
     base = lamp_level(layout, spectrum)
 

@@ -64,7 +64,7 @@ class Variation:
     order_contrast: float | None = None
     """Brightest over faintest order level (lamp spectrum steepened or flattened); None = the arm's; drawn 3–100."""
     saturated_order_peak: float = 0.0
-    """If > 0, one order is brightened until its brightest pixel reaches this fraction of the ADC range; drawn 0 or 0.85–0.95."""
+    """If > 0, one of the 3 brightest orders is brightened to this fraction of full scale; drawn 0 or 0.85–0.95."""
     nflats: int | None = None
     """Number of flats per lamp; None = the ``nflats`` argument; drawn 3–20."""
     scatter_fractions: tuple[float, float] = (0.025, 0.05)
@@ -72,7 +72,7 @@ class Variation:
     scatter_sigmas: tuple[float, float] = (12.0, 90.0)
     """Gaussian σ (px) of the two halos; drawn 6–30 and 50–300."""
     ghost_fraction: float = 0.0
-    """Fraction of the order light in a displaced, defocused ghost image of the orders; drawn 0–0.02."""
+    """Fraction of the order light in a displaced, defocused ghost image of the orders; drawn 0–0.005."""
     ghost_offset: tuple[float, float] = (0.0, 0.0)
     """Ghost displacement (px) along B and A; drawn ±20–300 and ±10–150."""
     ghost_sigma: float = 8.0
@@ -163,7 +163,7 @@ class Variation:
             nflats=int(rng.integers(3, 21)),
             scatter_fractions=(uniform(0.01, 0.06), uniform(0.02, 0.12)),
             scatter_sigmas=(uniform(6.0, 30.0), log_uniform(50.0, 300.0)),
-            ghost_fraction=uniform(0.0, 0.02),
+            ghost_fraction=uniform(0.0, 0.005),
             ghost_offset=(signed(20.0, 300.0), signed(10.0, 150.0)),
             ghost_sigma=uniform(4.0, 20.0),
             table_offset_max=uniform(0.0, 2.0),
