@@ -188,21 +188,40 @@ def distribution(values: np.ndarray, better: str) -> dict[str, float | None]:
     return {"median": float(np.median(values)), "p95": p95, "worst": worst, "n": int(values.size)}
 
 
+def _within_arm_ranks(records: list[dict], metric: str) -> np.ndarray:
+    """The metric as its rank within its arm (0–1, NaN kept), so that arms with different levels pool."""
+    values = np.array([record["metrics"][metric] for record in records])
+    arms = np.array([record["arm"] for record in records])
+    ranks = np.full(values.shape, np.nan)
+    for arm in np.unique(arms):
+        select = (arms == arm) & np.isfinite(values)
+        if select.sum() > 1:
+            ranks[select] = (stats.rankdata(values[select]) - 1) / (select.sum() - 1)
+    return ranks
+
+
 def factor_relations(records: list[dict], metric: str) -> list[dict]:
-    """Spearman correlation of ``metric`` with every factor, and the metric's median per factor tercile."""
+    """Spearman correlation of ``metric`` (ranked within each arm) with every factor, and the metric's
+    median per tercile of the factor (per value for factors with at most four values)."""
+    ranks = _within_arm_ranks(records, metric)
     values = np.array([record["metrics"][metric] for record in records])
     relations = []
     for factor in records[0]["factors"]:
         x = np.array([record["factors"][factor] for record in records])
-        usable = np.isfinite(values) & np.isfinite(x)
-        if usable.sum() < 4 or np.ptp(x[usable]) == 0 or np.ptp(values[usable]) == 0:
+        usable = np.isfinite(ranks) & np.isfinite(x)
+        if usable.sum() < 4 or np.ptp(x[usable]) == 0 or np.ptp(ranks[usable]) == 0:
             continue
-        rho = float(stats.spearmanr(x[usable], values[usable]).statistic)
-        cuts = np.quantile(x[usable], [1 / 3, 2 / 3])
-        tercile = np.digitize(x[usable], cuts)
-        medians = [float(np.median(values[usable][tercile == k])) if np.any(tercile == k) else None for k in range(3)]
-        relations.append({"factor": factor, "rho": rho, "tercile_medians": medians,
-                          "tercile_edges": [float(cut) for cut in cuts]})
+        rho = float(stats.spearmanr(x[usable], ranks[usable]).statistic)
+        levels = np.unique(x[usable])
+        if levels.size <= 4:
+            groups, edges = [x[usable] == level for level in levels], [float(level) for level in levels]
+        else:
+            cuts = np.quantile(x[usable], [1 / 3, 2 / 3])
+            tercile = np.digitize(x[usable], cuts)
+            groups, edges = [tercile == k for k in range(3)], [float(cut) for cut in cuts]
+        medians = [float(np.median(values[usable][group])) if group.any() else None for group in groups]
+        relations.append({"factor": factor, "rho": rho, "group_medians": medians, "group_edges": edges,
+                          "by_value": levels.size <= 4})
     return sorted(relations, key=lambda item: -abs(item["rho"]))
 
 
@@ -213,11 +232,12 @@ def suspects(record: dict, metric: str, relations: list[dict], records: list[dic
     for relation in relations[:12]:
         factor = relation["factor"]
         others = np.array([item["factors"][factor] for item in records])
+        others = others[np.isfinite(others)]
         value = record["factors"][factor]
-        rank = float(np.mean(others[np.isfinite(others)] <= value))
+        rank = float(np.mean(others < value) + 0.5 * np.mean(others == value))
         harm = relation["rho"] * (rank - 0.5) * (1.0 if better == "low" else -1.0)
         scored.append((harm, f"{factor} = {value:.3g} (rank {rank:.0%}, ρ {relation['rho']:+.2f})"))
-    return [text for harm, text in sorted(scored, reverse=True)[:count] if harm > 0]
+    return [text for harm, text in sorted(scored, reverse=True)[:count] if harm > 0.05]
 
 
 def ablation_overrides(record: dict) -> dict[str, dict]:
@@ -279,16 +299,30 @@ def report(records: list[dict], ablations: list[dict], arms: list[str], output: 
         lines.append("")
     if ablations:
         lines += ["## Ablation: failing sets re-run with one factor group set back to nominal", "",
-                  "| arm | seed | target | drawn value | group reset → value (✓ = meets the target) |", "|---|---|---|---|---|"]
+                  "Per failed target: its drawn value, then each group whose reset alone makes it pass (with the value "
+                  "then), or the best value any single reset reached.", "",
+                  "| arm | seed | target: drawn value → fixed by resetting |", "|---|---|---|"]
         for item in ablations:
-            effects = "; ".join(f"{group} → {_number(value)}{' ✓' if ok else ''}"
-                                for group, (value, ok) in item["groups"].items())
-            lines.append(f"| {item['arm']} | {item['seed']} | {item['metric']} | {_number(item['value'])} | {effects} |")
+            parts = []
+            for metric in item["failed"]:
+                with_reset = {group: values[metric] for group, values in item["values_with_group_reset"].items()}
+                if item["fixed_by"][metric]:
+                    effect = ", ".join(f"{group} ({_number(with_reset[group])})" for group in item["fixed_by"][metric])
+                else:
+                    better = METRICS[metric][1]
+                    finite = {group: value for group, value in with_reset.items() if np.isfinite(value)}
+                    pick = min if better == "low" else max
+                    best = pick(finite, key=lambda group: finite[group]) if finite else None
+                    effect = "no single group" + (f" (best: {best} {_number(finite[best])})" if best else "")
+                parts.append(f"{metric} {_number(item['drawn'][metric])} → {effect}")
+            lines.append(f"| {item['arm']} | {item['seed']} | {'; '.join(parts)} |")
         lines.append("")
     lines += ["## Factors most related to each metric (all arms pooled)", "",
-              "Spearman ρ over sets; the metric's median in the low / middle / high third of the factor's values.", ""]
+              "Spearman ρ between the factor and the metric ranked within its arm; then the metric's median in the low / "
+              "middle / high third of the factor's values (per value for factors with at most four values). With n sets, "
+              f"|ρ| below about {2 / max(math.sqrt(len(records) - 1), 1):.2f} is within chance.", ""]
     for metric, relations in relations_by_metric.items():
-        top = "; ".join(f"{item['factor']} ρ {item['rho']:+.2f} ({' / '.join(_number(m) for m in item['tercile_medians'])})"
+        top = "; ".join(f"{item['factor']} ρ {item['rho']:+.2f} ({' / '.join(_number(m) for m in item['group_medians'])})"
                         for item in relations[:4])
         lines.append(f"* **{metric}**: {top or 'no factor varies with it'}")
     text = "\n".join(lines) + "\n"
@@ -300,24 +334,30 @@ def report(records: list[dict], ablations: list[dict], arms: list[str], output: 
 
 
 def ablate(records: list[dict], output: Path, *, per_arm: int, workers: int, keep: bool) -> list[dict]:
-    """Re-run the ``per_arm`` worst failing sets of each arm with each factor group at nominal."""
+    """Re-run the ``per_arm`` sets of each arm that miss the most targets (a missing order aside: its cause is
+    known) with each factor group at nominal, and record which groups make each failed target pass."""
     chosen = []
     for arm in sorted({record["arm"] for record in records}):
-        failing = [record for record in records if record["arm"] == arm and record["failed"] and record["recipe_exit"] == 0]
-        chosen += sorted(failing, key=lambda record: -len(record["failed"]))[:per_arm]
+        failing = [record for record in records if record["arm"] == arm and record["failed"] and record["recipe_exit"] == 0
+                   and "orders_missing" not in record["failed"]]
+        chosen += sorted(failing, key=lambda record: (-len(record["failed"]), record["seed"]))[:per_arm]
     jobs = [(record["arm"], record["seed"], plan, f"_no_{group.replace(' ', '_')}")
             for record in chosen for group, plan in ablation_overrides(record).items()]
     run_all(jobs, output, workers=workers, keep=keep)
     results = []
     for record in chosen:
-        metric = record["failed"][0]
-        groups = {}
+        fixed: dict[str, list[str]] = {metric: [] for metric in record["failed"]}
+        values: dict[str, dict[str, float]] = {}
         for group in GROUPS:
             label = f"_no_{group.replace(' ', '_')}"
             rerun = json.loads(_record_path(output, record["arm"], record["seed"], label).read_text())
-            groups[group] = (rerun["metrics"][metric], metric not in rerun["failed"])
-        results.append({"arm": record["arm"], "seed": record["seed"], "metric": metric,
-                        "value": record["metrics"][metric], "groups": groups})
+            values[group] = {metric: rerun["metrics"][metric] for metric in record["failed"]}
+            for metric in record["failed"]:
+                if metric not in rerun["failed"]:
+                    fixed[metric].append(group)
+        results.append({"arm": record["arm"], "seed": record["seed"], "failed": record["failed"],
+                        "drawn": {metric: record["metrics"][metric] for metric in record["failed"]},
+                        "values_with_group_reset": values, "fixed_by": fixed})
     return results
 
 
