@@ -31,8 +31,6 @@ DEFECT_KINDS_MASKED = ("dead", "hot", "low_sensitivity")
 DETECTABLE_SIGMA = 8.0
 """A hot pixel is detectable when its excess is this many σ in the detrending frames: a detector whose
 threshold keeps false alarms to ~0.1 per frame (~5.5σ for 4 Mpx) then finds it with 99 % probability."""
-THERMAL_GLOW_MAX = 1.4
-"""The simulated NIR thermal glow reaches 1.4 × its nominal rate on one side of the frame."""
 LOW_SENSITIVITY_LIMIT = 0.9
 """Recall of low-sensitivity pixels (and traps) counts those at least 10 % below their neighbours."""
 
@@ -316,20 +314,21 @@ def _reference(
 def _detectable_hot(truth: Truth, hot: np.ndarray) -> np.ndarray:
     """Hot pixels whose excess is at least :data:`DETECTABLE_SIGMA` σ in the set's own detrending frames.
 
-    On NIR that is the mean of the lamp-off frames (excess = rate × exposure; noise: read noise, the
-    pixel's own charge and the brightest thermal glow and dark current); on UVB/VIS the master bias
-    (excess = rate × the bias dark time; noise: read noise and the pixel's charge). Every hot pixel
-    of a nominal set is far above the limit; varied sets have hot pixels of every strength.
+    On NIR that is the mean of the lamp-off frames (excess = rate × exposure), on UVB/VIS the master
+    bias (excess = rate × the bias dark time). σ is the truth's per-pixel ``DETECT_SIGMA`` (varied
+    sets: read noise, the pixel's charge and, on NIR, thermal light and dark current); nominal sets,
+    whose hot pixels are all far above the limit, use read noise and the pixel's charge.
     """
     meta = truth.meta
     rate = truth.hot_rate()
     if meta["arm"] == "NIR":
         lamp = meta["lamps"][0]
         excess, frames = rate * lamp["exptime"], lamp["n_flats"]
-        background = (THERMAL_GLOW_MAX * meta["thermal_rate"] + meta["dark_rate"]) * lamp["exptime"]
     else:
-        excess, frames, background = rate * meta["bias_dark_time"], meta["n_bias"], 0.0
-    sigma = np.sqrt((meta["ron"] ** 2 + background + excess) / max(frames, 1))
+        excess, frames = rate * meta["bias_dark_time"], meta["n_bias"]
+    sigma = truth.optional_defect("DETECT_SIGMA")
+    if sigma is None:
+        sigma = np.sqrt((meta["ron"] ** 2 + excess) / max(frames, 1))
     return hot & (excess >= DETECTABLE_SIGMA * sigma)
 
 

@@ -124,7 +124,7 @@ def write_truth(
     hdus += [fits.ImageHDU(masks[kind].astype(np.uint8), name=kind.upper()) for kind in DEFECT_KINDS]
     hdus.append(fits.ImageHDU(defects.hot_rate.astype(np.float32), name="HOT_RATE"))
     if not scene.variation.is_nominal:
-        hdus += _varied_defects(scene, bias_quality)
+        hdus += _varied_defects(scene, context, bias_quality)
     fits.HDUList(hdus).writeto(truth_dir / DEFECTS, overwrite=True)
     _write_traces(truth_dir, scene, context)
     meta = _metadata(scene, context, scales, norm, seed=seed)
@@ -139,12 +139,16 @@ def write_truth(
     (truth_dir / TRUTH_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
-def _varied_defects(scene: Scene, bias_quality: np.ndarray | None) -> list[fits.ImageHDU]:
-    """Extensions only varied sets have: the effective defect factor, traps, master-bias-only pixels and its QUAL.
+def _varied_defects(scene: Scene, context: HeaderContext, bias_quality: np.ndarray | None) -> list[fits.ImageHDU]:
+    """Extensions only varied sets have: the effective defect factor, traps, master-bias-only pixels, its
+    QUAL, and the noise against which a hot pixel is detected.
 
     ``DEFECT_FACTOR`` is what a perfect flat shows at each pixel relative to the smooth response:
     the dead/low-sensitivity factor, and at traps and their trails the ratio of the charge a flat of
     nominal level records to the charge that arrived (from the lamp that supplies the truth there).
+    ``DETECT_SIGMA`` is the 1σ noise (e⁻) of a pixel in the set's own detrending frames: the mean of
+    the lamp-off frames on NIR (read noise, thermal light, dark current and hot-pixel charge), the
+    master bias on UVB/VIS (read noise and hot-pixel charge).
     """
     defects, geometry = scene.defects, scene.geometry
     factor = defects.defect_factor.copy()
@@ -165,11 +169,18 @@ def _varied_defects(scene: Scene, bias_quality: np.ndarray | None) -> list[fits.
         bias_only[defects.bias_offset != 0] = 1
         bias_only[defects.bias_flagged] = 2
     quality = np.zeros(factor.shape, dtype=np.uint8) if bias_quality is None else bias_quality.astype(np.uint8)
+    if context.arm == "NIR":
+        model = scene.lamps[0]
+        charge = (scene.thermal_rate + defects.hot_rate) * model.exptime
+        detect_sigma = np.sqrt((context.ron**2 + charge) / model.flicker.size)
+    else:
+        detect_sigma = np.sqrt((context.ron**2 + defects.hot_rate * BIAS_DARK_TIME) / N_BIAS)
     return [
         fits.ImageHDU(factor.astype(np.float32), name="DEFECT_FACTOR"),
         fits.ImageHDU(trap, name="TRAP"),
         fits.ImageHDU(bias_only, name="BIAS_ONLY"),
         fits.ImageHDU(quality, name="BIAS_QUAL"),
+        fits.ImageHDU(detect_sigma.astype(np.float32), name="DETECT_SIGMA"),
     ]
 
 
@@ -361,7 +372,7 @@ class Truth:
 
     def optional_defect(self, name: str) -> np.ndarray | None:
         """An extension of ``defects.fits`` that only varied sets have (``DEFECT_FACTOR``, ``TRAP``,
-        ``BIAS_ONLY``, ``BIAS_QUAL``), or None."""
+        ``BIAS_ONLY``, ``BIAS_QUAL``, ``DETECT_SIGMA``), or None."""
         with fits.open(self.directory / DEFECTS) as hdul:
             return np.asarray(hdul[name].data) if name in hdul else None
 
