@@ -6,6 +6,7 @@ Usage:
     soxspipe simulate preview <fitsFile> <pngFile>
     soxspipe simulate archive <outputDirectory> [--nights=<n>] [--instrument=<inst>] [--arms=<arms>] [--seed=<n>]
     soxspipe simulate <outputDirectory> [--instrument=<inst>] [--arm=<arm>] [--binning=<XxY>] [--nflats=<n>] [--seed=<n>]
+                            [--vary] [--variation=<file>]
     soxspipe --version
     soxspipe -h | --help
 
@@ -39,6 +40,8 @@ Options:
     --binning=<XxY>            Binning, e.g. 2x2 (UVB/VIS only) [default: 1x1].
     --nflats=<n>               Number of lamp flats (per lamp) [default: 5].
     --seed=<n>                 Random seed [default: 0].
+    --vary                     Draw every scene and detector factor of the set from its range (docs/simulator.md).
+    --variation=<file>         YAML file of variation factors (name: value) set over the nominal or drawn set.
 """
 
 from __future__ import annotations
@@ -159,7 +162,9 @@ def _run_simulate(arguments: dict) -> int:
     arm = arguments["--arm"].upper()
     try:
         made = simulate.simulate_set(Path(arguments["<outputDirectory>"]), instrument=instrument, arm=arm,
-                                     binning=(binx, biny), nflats=nflats, seed=seed)
+                                     binning=(binx, biny), nflats=nflats, seed=seed,
+                                     variation=simulate.variation_request(vary=arguments["--vary"],
+                                                                          path=arguments["--variation"]))
     except ValueError as error:
         raise UserInputError(f"Cannot simulate {instrument} {arm} {binx}x{biny}: {error}.") from None
     print(f"SOF: {made.sof}\nSettings: {made.settings}\nTruth: {made.truth_dir}")

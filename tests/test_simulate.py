@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from soxs_mflat.cli import main
 from soxs_mflat.geometry import Poly2D
 from soxs_mflat.instruments import detector_for, keywords_for
 from soxs_mflat.simulate import SimulatedSet, format_score, preview_png, score, simulate_set
 from soxs_mflat.simulate.detector import RawLayout
+from soxs_mflat.simulate.psf import PsfModel
 from soxs_mflat.simulate.render import profile_antiderivative
 from soxs_mflat.simulate.tables import read_order_table, write_order_table
 from soxs_mflat.simulate.truth import Truth
+from soxs_mflat.simulate.variation import Variation
 
 SETS = {
     "soxs-NIR": ("soxs", "NIR", (1, 1)),
@@ -25,7 +28,21 @@ SETS = {
     "xsh-VIS-2x2": ("xsh", "VIS", (2, 2)),
     "xsh-UVB": ("xsh", "UVB", (1, 1)),
     "xsh-UVB-2x2": ("xsh", "UVB", (2, 2)),
+    "soxs-VIS-varied": ("soxs", "VIS", (1, 1)),
 }
+VARIED = {
+    "random": True,
+    "nflats": 2,
+    "psf_shoulder": 0.2,
+    "psf_wing_fraction": 0.08,
+    "saturated_order_peak": 0.9,
+    "charge_traps": 40,
+    "bias_only_pixels": 200,
+    "table_missing_order": True,
+    "table_extra_order": True,
+    "order_height_scale": 0.85,
+}
+"""A drawn set with every optional factor switched on (and two flats, to stay fast)."""
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +50,8 @@ def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SimulatedSet]:
     """Every arm (and two binned sets), each simulated once with two flats per lamp."""
     root = tmp_path_factory.mktemp("sets")
     return {
-        name: simulate_set(root / name, instrument=instrument, arm=arm, binning=binning, nflats=2, seed=3)
+        name: simulate_set(root / name, instrument=instrument, arm=arm, binning=binning, nflats=2, seed=3,
+                           variation=VARIED if name.endswith("varied") else None)
         for name, (instrument, arm, binning) in SETS.items()
     }
 
@@ -154,6 +172,16 @@ def test_centre_table_round_trips_and_is_close_to_the_truth(sets: dict[str, Simu
         assert (header[kw.binx], header[kw.biny]) == (1, 1)
         assert table.std is not None and not table.has_edges
         assert table.fitted_axis == detector_for(instrument, arm).fitted_axis
+        if name.endswith("varied"):
+            record = next(item for item in truth.meta["centre_tables"] if item["file"] == path.name)
+            assert len(record["missing"]) == len(record["extra"]) == 1
+            assert set(table.orders) == set(truth.meta["orders"]) - set(record["missing"]) | set(record["extra"])
+            assert record["extra"][0] not in truth.meta["orders"]
+            listed = np.isin(np.asarray(edges["order"]), table.orders)
+            measured = table.centre.in_frame(np.asarray(edges["order"])[listed], np.asarray(edges["b"])[listed], a_bin, b_bin)
+            error = np.abs(measured - np.asarray(edges["centre"])[listed])
+            assert error.max() < 3.0
+            continue
         assert list(table.orders) == truth.meta["orders"]
         measured = table.centre.in_frame(np.asarray(edges["order"]), np.asarray(edges["b"]), a_bin, b_bin)
         error = np.abs(measured - np.asarray(edges["centre"]))
@@ -172,6 +200,7 @@ def test_truth_signal_follows_the_true_edges(sets: dict[str, SimulatedSet], name
     if truth.dispersion_axis == "y":
         signal, bad = signal.T, bad.T
     sigma = truth.meta["psf_sigma_frame"]
+    wings = truth.meta.get("variation", {}).get("psf_wing_fraction", 0.0)
     edges = truth.edges()
     order_column = np.asarray(edges["order"])
     crossing_errors = []
@@ -191,7 +220,7 @@ def test_truth_signal_follows_the_true_edges(sets: dict[str, SimulatedSet], name
             for edge, step in ((lo, -1), (hi, 1)):
                 far = round(edge + step * (4 * sigma + 1.5))
                 if 0 <= far < line.size and line[far] < 0.05 * level:
-                    assert line[far] < 1e-3 * level + 2e-3
+                    assert line[far] < (1e-3 + wings) * level + 2e-3
                 near = int(np.floor(edge))
                 if 0 <= near < line.size - 1 and not line_bad[near - 3 : near + 4].any():
                     local = np.median(line[round(edge - step * 4) + np.arange(-1, 2)])
@@ -228,7 +257,7 @@ def test_injected_defects_show_in_a_prepared_frame(sets: dict[str, SimulatedSet]
 
 def test_same_arguments_give_bit_identical_files(tmp_path: Path) -> None:
     first = simulate_set(tmp_path / "a", instrument="soxs", arm="VIS", nflats=1, seed=7)
-    second = simulate_set(tmp_path / "b", instrument="soxs", arm="VIS", nflats=1, seed=7)
+    second = simulate_set(tmp_path / "b", instrument="soxs", arm="VIS", nflats=1, seed=7, variation=Variation.nominal())
     files_a = sorted(path.relative_to(tmp_path / "a") for path in (tmp_path / "a").rglob("*") if path.is_file())
     files_b = sorted(path.relative_to(tmp_path / "b") for path in (tmp_path / "b").rglob("*") if path.is_file())
     assert files_a == files_b
@@ -247,6 +276,9 @@ def test_same_arguments_give_bit_identical_files(tmp_path: Path) -> None:
         ({"instrument": "xsh", "arm": "VIS", "binning": (4, 4)}, "binning"),
         ({"instrument": "uves", "arm": "VIS"}, "instrument"),
         ({"instrument": "xsh", "arm": "VIS", "nflats": 0}, "nflats"),
+        ({"instrument": "xsh", "arm": "VIS", "variation": {"psf_width": 2.0}}, "unknown variation factor"),
+        ({"instrument": "xsh", "arm": "VIS", "variation": {"dust_radius": [1.0]}}, "two values"),
+        ({"instrument": "xsh", "arm": "VIS", "variation": "missing.yaml"}, "cannot read the variation file"),
     ],
 )
 def test_invalid_arguments_are_refused(tmp_path: Path, arguments: dict, message: str) -> None:
@@ -310,17 +342,141 @@ def test_scorer_gives_the_truth_a_perfect_score_and_a_perturbed_copy_a_worse_one
     assert score(tmp_path / "unsubtracted", truth.directory)["flat_error"] > 1e-3
 
 
-def test_profile_closed_form_matches_numerical_integration() -> None:
+@pytest.mark.parametrize(("sigma_up", "curvature"), [(0.8, 0.0), (1.3, 0.07), (0.5, -0.05)])
+def test_profile_closed_form_matches_numerical_integration(sigma_up: float, curvature: float) -> None:
     low, up, sigma, slope = 10.3, 52.7, 0.8, 0.04
     boundaries = np.arange(0, 65) - 0.5
-    pixels = np.diff(profile_antiderivative(boundaries, low, up, sigma, slope))
-    t = np.linspace(low, up, 8001)
-    illumination = 1 + slope * (t - 0.5 * (low + up)) / (0.5 * (up - low))
+    pixels = np.diff(profile_antiderivative(boundaries, low, up, sigma, slope, sigma_up=sigma_up, curvature=curvature))
     x = np.linspace(-0.5, 63.5, 64 * 40 + 1)
-    kernel = np.exp(-0.5 * ((x[:, None] - t[None, :]) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
-    blurred = np.trapezoid(kernel * illumination[None, :], t, axis=1)
+    # the slit image is the difference of two steps lit beyond each edge, each blurred by its end's σ
+    blurred = np.zeros_like(x)
+    for edge, width, sign in ((low, sigma, 1.0), (up, sigma_up, -1.0)):
+        t = np.linspace(edge, 80.0, 8001)
+        s = (t - 0.5 * (low + up)) / (0.5 * (up - low))
+        illumination = 1 + slope * s + curvature * s * s
+        kernel = np.exp(-0.5 * ((x[:, None] - t[None, :]) / width) ** 2) / (width * np.sqrt(2 * np.pi))
+        blurred += sign * np.trapezoid(kernel * illumination[None, :], t, axis=1)
     numeric = np.array([np.trapezoid(blurred[i * 40 : (i + 1) * 40 + 1], x[i * 40 : (i + 1) * 40 + 1]) for i in range(64)])
     assert np.abs(pixels - numeric).max() < 1e-4
+
+
+@pytest.mark.parametrize("binning", [1, 2])
+def test_asymmetric_winged_psf_keeps_the_half_level_crossing_at_the_geometric_edge(binning: int) -> None:
+    psf = PsfModel(sigma=0.9, shoulder=0.25, shoulder_offset=-1.7, wing_fraction=0.1, wing_alpha=3.0, wing_beta=2.5,
+                   soft_ends=(0.6, 1.1))
+    low, up = np.array([[40.0]]), np.array([[140.0]])
+    core = np.array([[psf.sigma / binning]])
+    sigmas = psf.edge_sigmas(core, binning)
+    boundaries = np.arange(181)[None, :] - 0.5
+
+    def render(symmetric: bool) -> np.ndarray:
+        total = np.zeros((1, 180))
+        pairs = zip(psf.components(sigmas[0], symmetric=symmetric), psf.components(sigmas[1], symmetric=symmetric), strict=True)
+        for at_low, at_up in pairs:
+            antiderivative = profile_antiderivative(boundaries, low + at_low.shift, up + at_up.shift, at_low.sigma, 0.0,
+                                                    sigma_up=at_up.sigma)
+            total += at_low.weight * np.diff(antiderivative, axis=1)
+        return total
+
+    core_image = render(False)
+    assert not np.allclose(core_image[0, 36:45], core_image[0, 144:135:-1], atol=1e-3)  # the edges are not mirror images
+    image = psf.add_wings(core_image, render(True), sigma_frame=float(core[0, 0]))
+    # pixel centres 40 and 140 sit exactly on the edges: half of the unit in-order level there
+    assert image[0, 40] == pytest.approx(0.5, abs=2e-6)
+    assert image[0, 140] == pytest.approx(0.5, abs=2e-6)
+    assert image[0, 90] == pytest.approx(1.0, abs=2e-3)
+    assert image.sum() == pytest.approx(100.0, abs=0.05)
+
+
+def test_drawn_variations_stay_in_their_ranges_and_are_reproducible(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    drawn = [Variation.draw(rng) for _ in range(200)]
+    values = {name: np.array([v.factor_values()[name] for v in drawn]) for name in drawn[0].factor_values()}
+    assert 0.6 <= values["psf_scale"].min() and values["psf_scale"].max() <= 1.8
+    assert 0.2 <= values["brightness"].min() and values["brightness"].max() <= 1.0
+    assert 3.0 <= values["order_contrast"].min() and values["order_contrast"].max() <= 100.0
+    assert set(values["nflats"]) <= set(range(3, 21)) and values["nflats"].min() == 3
+    assert 0.01 <= values["dust_depth_low"].min() and values["dust_depth_high"].max() <= 0.15
+    assert 0.1 < values["table_missing_order"].mean() < 0.4
+    assert np.all(np.abs(values["table_offset_max"]) <= 2.0)
+    assert Variation.draw(np.random.default_rng(5)) == drawn[0]
+    assert Variation.nominal().is_nominal and not drawn[0].is_nominal
+    assert Variation().with_values({"dust_radius": [5, 60], "nflats": 7}) == Variation(dust_radius=(5.0, 60.0), nflats=7)
+
+    files = tmp_path / "variation.yaml"
+    files.write_text("psf_scale: 1.5\nnflats: 1\n")
+    status = main(["simulate", str(tmp_path / "set"), "--instrument=soxs", "--arm=VIS", "--seed=4", "--vary",
+                   f"--variation={files}"])
+    assert status == 0
+    meta = Truth.read(tmp_path / "set" / "truth").meta
+    assert meta["variation"]["psf_scale"] == 1.5 and meta["variation"]["nflats"] == 1
+    assert meta["psf_sigma_unbinned"] == pytest.approx(1.5 * 0.75)
+    assert meta["variation"]["slit_width"] in (0.4, 0.5, 0.7, 0.9, 1.0, 1.2, 1.5, 5.0)
+    assert len(meta["raw_flats"]) == 1
+    again = simulate_set(tmp_path / "again", instrument="soxs", arm="VIS", seed=4, variation={"random": True,
+                                                                                              "psf_scale": 1.5, "nflats": 1})
+    assert again.raw_flats[0].read_bytes() == (tmp_path / "set" / "raw" / again.raw_flats[0].name).read_bytes()
+
+
+def test_varied_set_truth_describes_its_extra_factors(sets: dict[str, SimulatedSet]) -> None:
+    simulated = sets["soxs-VIS-varied"]
+    truth = Truth.read(simulated.truth_dir)
+    meta = truth.meta
+    assert meta["variation"]["order_height_scale"] == 0.85
+    nominal = Truth.read(sets["soxs-VIS"].truth_dir)
+    for varied_extent, nominal_extent in zip(meta["order_extents"], nominal.meta["order_extents"], strict=True):
+        assert varied_extent["slit_height_frame_px"] == pytest.approx(0.85 * nominal_extent["slit_height_frame_px"])
+    header = fits.getheader(simulated.raw_flats[0])
+    assert header[keywords_for("soxs").slit["VIS"]] == f"SLIT{meta['variation']['slit_width']:.1f}"
+
+    bias = fits.getdata(simulated.calibrations[0]).astype(np.float64)
+    bias_qual = fits.getdata(simulated.calibrations[0], "QUAL")
+    bias_only = truth.optional_defect("BIAS_ONLY")
+    assert (bias_only != 0).sum() == 200 and (bias_only == 2).sum() == 100
+    assert np.all(bias_qual[bias_only == 2] == 1) and np.array_equal(truth.optional_defect("BIAS_QUAL"), bias_qual)
+    smooth = np.median(bias)
+    assert np.median(np.abs(bias[bias_only != 0] - smooth)) > 25.0
+
+    flats = [_prepared(path, "soxs", "VIS", (1, 1)) - bias for path in simulated.raw_flats]
+    flat = np.mean(flats, axis=0)
+    trap = truth.optional_defect("TRAP")
+    factor = truth.optional_defect("DEFECT_FACTOR")
+    light = truth.image("signal.fits") + truth.image("scatter.fits")
+    lit = light > 0.2 * np.median(light[light > 0.1])
+    measured = flat / np.where(lit, light, np.nan)
+    trap_pixels = (trap == 2) & lit & (factor < 0.97)
+    assert trap_pixels.sum() >= 3
+    assert np.median(measured[trap_pixels]) < 0.99 * np.nanmedian(measured)
+    defects = truth.defects()
+    assert np.all(factor[(trap == 1) & ~defects["dead"] & ~defects["low_sensitivity"]] >= 1.0 - 1e-6)
+    assert np.all(factor[trap == 2] <= 1.0)
+
+    detect_sigma = truth.optional_defect("DETECT_SIGMA")
+    ron = detector_for("soxs", "VIS").default_ron
+    assert np.median(detect_sigma) == pytest.approx(ron / np.sqrt(11), rel=1e-4)
+    assert np.all(detect_sigma[defects["hot"]] > ron / np.sqrt(11))
+
+    saturation = meta["near_saturation"]
+    assert saturation["peak_adu"] == pytest.approx(0.9 * 65535, rel=0.01)
+    raw = np.max([fits.getdata(path) for path in simulated.raw_flats], axis=0)
+    assert np.mean(raw == 65535) < 1e-4
+
+
+def test_scorer_counts_flags_carried_over_from_the_master_bias_as_correct(sets: dict[str, SimulatedSet], tmp_path: Path) -> None:
+    truth = Truth.read(sets["soxs-VIS-varied"].truth_dir)
+    signal = truth.image("signal.fits")
+    _write_product(tmp_path / "perfect", truth, flux=signal)
+    perfect = score(tmp_path / "perfect", truth.directory)
+    assert perfect["orders_found"] == truth.meta["orders"] and perfect["all"]["max"] < 1e-6
+    assert perfect["flat_error"] < 1e-6 and perfect["mask_precision"] == 1.0
+    assert perfect["mask_recall"]["dead"] == 1.0 and perfect["mask_recall"]["low_sensitivity"] == 1.0
+
+    with fits.open(tmp_path / "perfect" / "master_flat.fits", mode="update") as hdul:
+        hdul["QUAL"].data |= truth.optional_defect("BIAS_QUAL")
+        hdul["QUAL"].data[(truth.optional_defect("DEFECT_FACTOR") > 0.9) & truth.defects()["low_sensitivity"]] = 0
+    carried = score(tmp_path / "perfect", truth.directory)
+    assert carried["mask_precision"] == 1.0
+    assert carried["mask_recall"]["low_sensitivity"] == 1.0
 
 
 def test_preview_png_draws_a_frame(sets: dict[str, SimulatedSet], tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Detector effects: pixel response, defects, bias, noise, cosmic rays and the raw-frame layout.
+"""Detector effects: vignetting, bias structure, noise, cosmic rays and the raw-frame layout.
 
 Everything is built in prepared-frame coordinates (rotated and trimmed, at the set's binning, in
 electrons) and only at the end embedded in the full rotated frame with its pre/overscan and turned
@@ -10,100 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr
 
 from soxs_mflat.instruments import Detector
+from soxs_mflat.simulate.variation import Variation
 
 BIAS_DARK_TIME = 3.0
 """Effective dark time (s) of a bias frame: how much hot-pixel charge a zero-second frame collects."""
-
-DEAD_RESPONSE = (0.0, 0.03)
-LOW_SENSITIVITY_RESPONSE = (0.4, 0.9)
-LOW_SENSITIVITY_COLUMN_RESPONSE = 0.7
-PRNU_RMS = 0.01
-DUST_MASK_LIMIT = 0.004
-"""A pixel is in the dust mask when a dust shadow removes more than this fraction of its light."""
-
-
-@dataclass(frozen=True)
-class DetectorDefects:
-    """Pixel response and injected defects of one simulated detector (prepared-frame shape).
-
-    ``response`` is the full multiplicative response (PRNU × dust × dead × low-sensitivity); the
-    boolean masks say where each kind was injected; ``hot_rate`` is the dark-current excess (e⁻/s)
-    of hot pixels, zero elsewhere.
-    """
-
-    response: np.ndarray
-    dead: np.ndarray
-    low_sensitivity: np.ndarray
-    dust: np.ndarray
-    hot: np.ndarray
-    hot_rate: np.ndarray
-
-
-def make_defects(shape: tuple[int, int], rng: np.random.Generator, *, binning: tuple[int, int]) -> DetectorDefects:
-    """Draw PRNU, dust donuts, one dead and one weak partial column, then dead/low-sensitivity/hot pixels.
-
-    Point defects avoid the defective columns, so every pixel has at most one defect kind (dust
-    aside, which is a response feature and overlaps freely).
-    """
-    n_rows, n_cols = shape
-    npix = n_rows * n_cols
-    mean_bin = 0.5 * (binning[0] + binning[1])
-    response = (1.0 + PRNU_RMS * rng.standard_normal(shape)).astype(np.float64)
-    dust_factor = _dust(shape, rng, mean_bin=mean_bin)
-    dust = dust_factor < 1.0 - DUST_MASK_LIMIT
-    response *= dust_factor
-
-    dead = np.zeros(shape, dtype=bool)
-    low = np.zeros(shape, dtype=bool)
-    hot = np.zeros(shape, dtype=bool)
-    columns = rng.choice(np.arange(n_cols // 10, 9 * n_cols // 10), size=2, replace=False)
-    for mask, factor, column in zip((dead, low), (0.01, LOW_SENSITIVITY_COLUMN_RESPONSE), columns, strict=True):
-        length = int(rng.integers(n_rows // 3, 2 * n_rows // 3))
-        rows = slice(0, length) if rng.random() < 0.5 else slice(n_rows - length, n_rows)
-        response[rows, column] *= factor
-        mask[rows, column] = True
-
-    count = max(300, int(1.2e-4 * npix))
-    candidates = rng.choice(npix, size=3 * count + 2 * n_rows, replace=False)
-    candidates = candidates[~(dead.ravel()[candidates] | low.ravel()[candidates])][: 3 * count]
-    dead_index, low_index, hot_index = candidates[:count], candidates[count : 2 * count], candidates[2 * count :]
-    flat_response = response.reshape(-1)
-    flat_response[dead_index] *= rng.uniform(*DEAD_RESPONSE, size=count)
-    flat_response[low_index] *= rng.uniform(*LOW_SENSITIVITY_RESPONSE, size=count)
-    dead.reshape(-1)[dead_index] = True
-    low.reshape(-1)[low_index] = True
-    hot.reshape(-1)[hot_index] = True
-
-    hot_rate = np.zeros(shape, dtype=np.float64)
-    hot_rate[hot] = np.exp(rng.uniform(np.log(10.0), np.log(1000.0), size=int(hot.sum())))
-    return DetectorDefects(response, dead, low, dust, hot, hot_rate)
-
-
-def _dust(shape: tuple[int, int], rng: np.random.Generator, *, mean_bin: float) -> np.ndarray:
-    """Multiplicative shadow of out-of-focus dust: darker rings 10–30 px across, a few % deep."""
-    factor = np.ones(shape)
-    n_rows, n_cols = shape
-    number = 14
-    for _ in range(number):
-        radius = rng.uniform(10.0, 30.0) / mean_bin
-        width = max(radius / 5.0, 1.0)
-        depth = rng.uniform(0.02, 0.05)
-        row = rng.uniform(0, n_rows)
-        col = rng.uniform(0, n_cols)
-        reach = int(np.ceil(radius + 4 * width))
-        r0, r1 = max(int(row) - reach, 0), min(int(row) + reach + 1, n_rows)
-        c0, c1 = max(int(col) - reach, 0), min(int(col) + reach + 1, n_cols)
-        if r0 >= r1 or c0 >= c1:
-            continue
-        rr, cc = np.mgrid[r0:r1, c0:c1]
-        distance = np.hypot(rr - row, cc - col)
-        ring = np.exp(-0.5 * ((distance - radius) / width) ** 2) + 0.35 * ndtr((radius - distance) / width)
-        factor[r0:r1, c0:c1] *= 1.0 - depth * ring
-    return factor
-
 
 def vignetting(shape: tuple[int, int]) -> np.ndarray:
     """Smooth illumination fall-off of a few % towards one corner of the frame."""
@@ -113,12 +25,30 @@ def vignetting(shape: tuple[int, int]) -> np.ndarray:
     return 1.0 - 0.05 * (x * x + y * y) / 0.5
 
 
-def bias_pattern(shape: tuple[int, int], level_adu: float, rng: np.random.Generator) -> np.ndarray:
-    """Stable bias structure (ADU) of the full rotated frame: level, column offsets and a gentle ramp."""
+def bias_pattern(
+    shape: tuple[int, int],
+    level_adu: float,
+    rng: np.random.Generator,
+    *,
+    variation: Variation | None = None,
+    extra_rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Stable bias structure (ADU) of the full rotated frame: level, column offsets and a gentle ramp.
+
+    A varied detector (``extra_rng`` given) adds row offsets and per-amplifier levels: the frame is
+    split across its columns into ``bias_amplifiers`` equal read-out regions.
+    """
+    variation = variation or Variation.nominal()
     n_rows, n_cols = shape
-    columns = 0.8 * rng.standard_normal(n_cols)
+    columns = variation.bias_column_rms * rng.standard_normal(n_cols)
     ramp = 2.0 * np.linspace(-0.5, 0.5, n_rows)
-    return (level_adu + columns[None, :] + ramp[:, None]).astype(np.float64)
+    pattern = (level_adu + columns[None, :] + ramp[:, None]).astype(np.float64)
+    if extra_rng is not None:
+        pattern += variation.bias_row_rms * extra_rng.standard_normal(n_rows)[:, None]
+        steps = variation.bias_amplifier_step * extra_rng.standard_normal(variation.bias_amplifiers)
+        amplifier = np.arange(n_cols) * variation.bias_amplifiers // n_cols
+        pattern += (steps - steps.mean())[amplifier][None, :]
+    return pattern
 
 
 def add_photon_noise(expected: np.ndarray, rng: np.random.Generator, *, exact_below: float = 20.0) -> np.ndarray:
@@ -146,9 +76,9 @@ def cosmic_rays(shape: tuple[int, int], count: int, rng: np.random.Generator) ->
     return (rows * n_cols + cols)[keep], deposit[keep]
 
 
-def add_cosmic_rays(image: np.ndarray, rng: np.random.Generator, *, exptime: float) -> int:
-    """Add cosmic-ray hits (about 25 per Mpx per 10 s) to ``image`` in place; return their number."""
-    count = int(rng.poisson(2.5e-6 * image.size * max(exptime, 1.0)))
+def add_cosmic_rays(image: np.ndarray, rng: np.random.Generator, *, exptime: float, rate_factor: float = 1.0) -> int:
+    """Add cosmic-ray hits (about 25 per Mpx per 10 s, times ``rate_factor``) to ``image`` in place; return their number."""
+    count = int(rng.poisson(2.5e-6 * image.size * max(exptime, 1.0) * rate_factor))
     index, charge = cosmic_rays(image.shape, count, rng)
     np.add.at(image.reshape(-1), index, charge.astype(image.dtype))
     return count

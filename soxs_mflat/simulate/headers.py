@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from astropy.io import fits
 
 from soxs_mflat.instruments import INSTRUME_HEADER, Detector, Keywords, keywords_for
-from soxs_mflat.simulate.layout import ArmSpec
+from soxs_mflat.simulate.arms import ArmSpec
 
 START = datetime(2025, 10, 12, 11, 14, 44)
 """DATE-OBS of the first flat of every simulated set."""

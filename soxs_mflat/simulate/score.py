@@ -28,6 +28,11 @@ INSET = 2.0
 MAD_TO_SIGMA = 1.4826
 DEFECT_KINDS_MASKED = ("dead", "hot", "low_sensitivity")
 """Defect kinds a flat should mask (dust must be kept, not masked)."""
+DETECTABLE_SIGMA = 8.0
+"""A hot pixel is detectable when its excess is this many σ in the detrending frames: a detector whose
+threshold keeps false alarms to ~0.1 per frame (~5.5σ for 4 Mpx) then finds it with 99 % probability."""
+LOW_SENSITIVITY_LIMIT = 0.9
+"""Recall of low-sensitivity pixels (and traps) counts those at least 10 % below their neighbours."""
 
 
 def score(
@@ -184,9 +189,7 @@ def _score_flat(truth: Truth, flat_path: Path, *, include_scattered_light: bool,
     defects = truth.defects()
     order_map = _order_map(truth, inset=INSET)
     in_order = order_map > 0
-    defective = np.zeros_like(in_order)
-    for kind in DEFECT_KINDS_MASKED:
-        defective |= defects[kind]
+    defective = _defective(truth, defects)
     candidates = in_order & ~defective & ~qual & np.isfinite(flux)
     signal, noise, groups, lamp_by_order = _reference(truth, flux, candidates, order_map, include_scattered_light)
     usable = candidates & np.isfinite(noise) & (signal > 0)
@@ -223,7 +226,7 @@ def _score_flat(truth: Truth, flat_path: Path, *, include_scattered_light: bool,
         "errs_calibration": _robust_sigma(pulls),
         "outlier_fraction_5sigma": float(np.mean(np.abs(ratio) > 5.0 * noise[usable])) if ratio.size else None,
     }
-    result.update(_score_mask(qual, in_order, defects, detectable_hot=_detectable_hot(truth, defects["hot"])))
+    result.update(_score_mask(qual, in_order, defects, truth=truth))
     background_path = _background_product(flat_path)
     if background_path is not None:
         scatter = _scatter_reference(truth, order_map, lamp_by_order)
@@ -309,10 +312,12 @@ def _reference(
 
 
 def _detectable_hot(truth: Truth, hot: np.ndarray) -> np.ndarray:
-    """Hot pixels whose excess is at least 5σ in the set's own detrending frames.
+    """Hot pixels whose excess is at least :data:`DETECTABLE_SIGMA` σ in the set's own detrending frames.
 
-    On NIR that is the mean of the lamp-off frames (excess = rate × exposure); on UVB/VIS the master
-    bias (excess = rate × the bias dark time). The noise is the read and shot noise of that mean.
+    On NIR that is the mean of the lamp-off frames (excess = rate × exposure), on UVB/VIS the master
+    bias (excess = rate × the bias dark time). σ is the truth's per-pixel ``DETECT_SIGMA`` (varied
+    sets: read noise, the pixel's charge and, on NIR, thermal light and dark current); nominal sets,
+    whose hot pixels are all far above the limit, use read noise and the pixel's charge.
     """
     meta = truth.meta
     rate = truth.hot_rate()
@@ -321,25 +326,59 @@ def _detectable_hot(truth: Truth, hot: np.ndarray) -> np.ndarray:
         excess, frames = rate * lamp["exptime"], lamp["n_flats"]
     else:
         excess, frames = rate * meta["bias_dark_time"], meta["n_bias"]
-    sigma = np.sqrt((meta["ron"] ** 2 + excess) / max(frames, 1))
-    return hot & (excess >= 5.0 * sigma)
+    sigma = truth.optional_defect("DETECT_SIGMA")
+    if sigma is None:
+        sigma = np.sqrt((meta["ron"] ** 2 + excess) / max(frames, 1))
+    return hot & (excess >= DETECTABLE_SIGMA * sigma)
 
 
-def _score_mask(qual: np.ndarray, in_order: np.ndarray, defects: dict[str, np.ndarray], *, detectable_hot: np.ndarray) -> dict:
-    """Precision and recall of the product's bad-pixel mask over the in-order pixels."""
-    flagged = qual & in_order
-    defective = np.zeros_like(qual)
+def _defective(truth: Truth, defects: dict[str, np.ndarray]) -> np.ndarray:
+    """Pixels a flat may flag and whose flat value is not scored: dead, hot, low-sensitivity, and in
+    varied sets charge traps with their trails and pixels that are wrong in the master bias."""
+    defective = np.zeros_like(defects["dead"])
     for kind in DEFECT_KINDS_MASKED:
         defective |= defects[kind]
+    for name in ("TRAP", "BIAS_ONLY"):
+        extra = truth.optional_defect(name)
+        if extra is not None:
+            defective |= extra != 0
+    return defective
+
+
+def _score_mask(qual: np.ndarray, in_order: np.ndarray, defects: dict[str, np.ndarray], *, truth: Truth) -> dict:
+    """Precision and recall of the product's bad-pixel mask over the in-order pixels.
+
+    A flag is correct on a defect (:func:`_defective`) and on a pixel that the master bias's own
+    QUAL flags (a recipe carries those over by convention). Recall of low-sensitivity pixels and
+    traps counts those whose flat value is at least 10 % below their neighbours
+    (``DEFECT_FACTOR``; every low-sensitivity pixel of a nominal set is).
+    """
+    flagged = qual & in_order
+    defective = _defective(truth, defects)
+    allowed = defective.copy()
+    bias_quality = truth.optional_defect("BIAS_QUAL")
+    if bias_quality is not None:
+        allowed |= bias_quality != 0
+    factor = truth.optional_defect("DEFECT_FACTOR")
+    clear = np.ones_like(in_order) if factor is None else factor <= LOW_SENSITIVITY_LIMIT
+    kinds = {
+        "dead": defects["dead"],
+        "hot": defects["hot"],
+        "low_sensitivity": defects["low_sensitivity"] & clear,
+        "hot_detectable": _detectable_hot(truth, defects["hot"]),
+    }
+    trap = truth.optional_defect("TRAP")
+    if trap is not None:
+        kinds["trap"] = (trap == 2) & clear
     n_flagged = int(flagged.sum())
     recall = {}
-    for kind, truth_kind in (*((kind, defects[kind]) for kind in DEFECT_KINDS_MASKED), ("hot_detectable", detectable_hot)):
+    for kind, truth_kind in kinds.items():
         truth_kind = truth_kind & in_order
         recall[kind] = float((flagged & truth_kind).sum() / truth_kind.sum()) if truth_kind.any() else None
-    dust = defects["dust"] & in_order & ~defective
+    dust = defects["dust"] & in_order & ~allowed
     return {
         "mask_flagged_in_order": n_flagged,
-        "mask_precision": float((flagged & defective).sum() / n_flagged) if n_flagged else None,
+        "mask_precision": float((flagged & allowed).sum() / n_flagged) if n_flagged else None,
         "mask_recall": recall,
         "dust_masked_fraction": float((flagged & dust).sum() / dust.sum()) if dust.any() else None,
     }

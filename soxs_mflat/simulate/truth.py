@@ -30,7 +30,7 @@ from soxs_mflat.instruments import INSTRUME_HEADER
 from soxs_mflat.order_table import OrderTable
 from soxs_mflat.simulate.detector import BIAS_DARK_TIME
 from soxs_mflat.simulate.headers import N_BIAS, START, HeaderContext, put
-from soxs_mflat.simulate.render import FrameGeometry, ScatterModel
+from soxs_mflat.simulate.render import FrameGeometry
 from soxs_mflat.simulate.scene import LampModel, Scene
 from soxs_mflat.simulate.tables import table_header, write_order_table
 
@@ -58,9 +58,22 @@ class _LampTruth:
 
 
 def write_truth(
-    truth_dir: Path, scene: Scene, context: HeaderContext, *, seed: int, raw_flats: list[str], lamp_off: list[str]
+    truth_dir: Path,
+    scene: Scene,
+    context: HeaderContext,
+    *,
+    seed: int,
+    raw_flats: list[str],
+    lamp_off: list[str],
+    bias_quality: np.ndarray | None = None,
+    centre_tables: list[dict] | None = None,
 ) -> None:
-    """Compute and write every truth file of a set into ``truth_dir``."""
+    """Compute and write every truth file of a set into ``truth_dir``.
+
+    ``bias_quality`` is the master bias's QUAL and ``centre_tables`` says which orders each
+    order-centre table lists; both are recorded for varied sets only (with the variation itself),
+    so that a nominal set's truth stays as it always was.
+    """
     geometry = scene.geometry
     per_lamp = [_lamp_truth(scene, model, context) for model in scene.lamps]
     order_map = geometry.to_frame(geometry.in_slit(inset=_centre_inset(geometry)))
@@ -110,12 +123,65 @@ def write_truth(
     hdus = [fits.PrimaryHDU(header=header.copy())]
     hdus += [fits.ImageHDU(masks[kind].astype(np.uint8), name=kind.upper()) for kind in DEFECT_KINDS]
     hdus.append(fits.ImageHDU(defects.hot_rate.astype(np.float32), name="HOT_RATE"))
+    if not scene.variation.is_nominal:
+        hdus += _varied_defects(scene, context, bias_quality)
     fits.HDUList(hdus).writeto(truth_dir / DEFECTS, overwrite=True)
     _write_traces(truth_dir, scene, context)
     meta = _metadata(scene, context, scales, norm, seed=seed)
     meta["raw_flats"] = raw_flats
     meta["lamp_off"] = lamp_off
+    if not scene.variation.is_nominal:
+        meta["variation"] = scene.variation.to_dict()
+        meta["centre_tables"] = centre_tables or []
+        saturation = scene.near_saturation
+        meta["near_saturation"] = None if saturation is None else {
+            "lamp": saturation.lamp, "order": saturation.order, "factor": saturation.factor, "peak_adu": saturation.peak_adu}
     (truth_dir / TRUTH_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def _varied_defects(scene: Scene, context: HeaderContext, bias_quality: np.ndarray | None) -> list[fits.ImageHDU]:
+    """Extensions only varied sets have: the effective defect factor, traps, master-bias-only pixels, its
+    QUAL, and the noise against which a hot pixel is detected.
+
+    ``DEFECT_FACTOR`` is what a perfect flat shows at each pixel relative to the smooth response:
+    the dead/low-sensitivity factor, and at traps and their trails the ratio of the charge a flat of
+    nominal level records to the charge that arrived (from the lamp that supplies the truth there).
+    ``DETECT_SIGMA`` is the 1σ noise (e⁻) of a pixel in the set's own detrending frames: the mean of
+    the lamp-off frames on NIR (read noise, thermal light, dark current and hot-pixel charge), the
+    master bias on UVB/VIS (read noise and hot-pixel charge).
+    """
+    defects, geometry = scene.defects, scene.geometry
+    factor = defects.defect_factor.copy()
+    trap = np.zeros(factor.shape, dtype=np.uint8)
+    if defects.traps is not None:
+        trap[defects.traps.footprint(factor.shape)] = 1
+        trap.reshape(-1)[defects.traps.pixel] = 2
+        ratio = np.ones(factor.shape)
+        for model in scene.lamps:
+            expected = model.expected(defects.response, 0) / model.flicker[0]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lamp_ratio = np.where(expected > 0, defects.traps.apply(expected) / expected, 1.0)
+            where = _territory(geometry, model.lamp.bright_orders) if model.lamp.bright_orders else np.ones(factor.shape, bool)
+            ratio[where] = lamp_ratio[where]
+        factor *= ratio
+    bias_only = np.zeros(factor.shape, dtype=np.uint8)
+    if defects.bias_offset is not None:
+        bias_only[defects.bias_offset != 0] = 1
+        bias_only[defects.bias_flagged] = 2
+    quality = np.zeros(factor.shape, dtype=np.uint8) if bias_quality is None else bias_quality.astype(np.uint8)
+    if context.arm == "NIR":
+        model = scene.lamps[0]
+        charge = (scene.thermal_rate + defects.hot_rate) * model.exptime
+        detect_sigma = np.sqrt((context.ron**2 + charge) / model.flicker.size)
+    else:
+        detect_sigma = np.sqrt((context.ron**2 + defects.hot_rate * BIAS_DARK_TIME) / N_BIAS)
+    return [
+        fits.ImageHDU(factor.astype(np.float32), name="DEFECT_FACTOR"),
+        fits.ImageHDU(trap, name="TRAP"),
+        fits.ImageHDU(bias_only, name="BIAS_ONLY"),
+        fits.ImageHDU(quality, name="BIAS_QUAL"),
+        fits.ImageHDU(detect_sigma.astype(np.float32), name="DETECT_SIGMA"),
+    ]
 
 
 def _normalised(truth: _LampTruth, norm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,7 +257,7 @@ def _write_traces(truth_dir: Path, scene: Scene, context: HeaderContext) -> None
     put(header, kw.binx, context.binning[0], "Binning of the frame along X")
     put(header, kw.biny, context.binning[1], "Binning of the frame along Y")
     std = np.zeros_like(layout.centre.coeffs)
-    std[0, 0] = layout.spec.psf_sigma
+    std[0, 0] = geometry.psf.sigma
     centres = [
         layout.centre(order, np.arange(start, stop))
         for order, start, stop in zip(layout.orders, layout.b_start, layout.b_stop, strict=True)
@@ -230,7 +296,7 @@ def _metadata(scene: Scene, context: HeaderContext, scales: list[float], norm: f
                 "lamp": lamp,
             }
         )
-    scatter = ScatterModel()
+    scatter = scene.scatter_model
     defects = scene.defects
     return {
         "format_version": 1,
@@ -249,7 +315,7 @@ def _metadata(scene: Scene, context: HeaderContext, scales: list[float], norm: f
         },
         "slit_arcsec": spec.slit_arcsec,
         "pixel_scale_arcsec": spec.pixel_scale,
-        "psf_sigma_unbinned": spec.psf_sigma,
+        "psf_sigma_unbinned": geometry.psf.sigma,
         "psf_sigma_frame": geometry.sigma,
         "lamps": [
             {
@@ -303,6 +369,12 @@ class Truth:
         """Boolean mask of each defect kind."""
         with fits.open(self.directory / DEFECTS) as hdul:
             return {kind: hdul[kind.upper()].data.astype(bool) for kind in DEFECT_KINDS}
+
+    def optional_defect(self, name: str) -> np.ndarray | None:
+        """An extension of ``defects.fits`` that only varied sets have (``DEFECT_FACTOR``, ``TRAP``,
+        ``BIAS_ONLY``, ``BIAS_QUAL``, ``DETECT_SIGMA``), or None."""
+        with fits.open(self.directory / DEFECTS) as hdul:
+            return np.asarray(hdul[name].data) if name in hdul else None
 
     def hot_rate(self) -> np.ndarray:
         """Dark-current excess (e⁻/s) of the hot pixels, zero elsewhere."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import shutil
 import zlib
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -21,22 +22,15 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from soxs_mflat.geometry import Poly2D, fit_poly2d
 from soxs_mflat.instruments import ARMS, INSTRUMENTS
-from soxs_mflat.order_table import OrderTable
+from soxs_mflat.simulate.centre_table import CentreTable, measured_centre_table
 from soxs_mflat.simulate.detector import BIAS_DARK_TIME, RawLayout, add_cosmic_rays, add_photon_noise, bias_pattern
 from soxs_mflat.simulate.headers import N_BIAS, START, HeaderContext
-from soxs_mflat.simulate.layout import ArmLayout
 from soxs_mflat.simulate.scene import Scene, build_scene
 from soxs_mflat.simulate.tables import table_header, write_order_table
 from soxs_mflat.simulate.truth import write_truth
+from soxs_mflat.simulate.variation import Variation, resolve_variation
 
-CENTRE_TABLE_RMS = 0.1
-"""RMS (px) of the smooth error of the simulated order-centre table."""
-CENTRE_TABLE_MAX = 0.2
-"""Largest smooth error (px) of the simulated order-centre table."""
-TRACE_STD = 1.2
-"""Gaussian σ (px) written as the ``std_`` trace width of the order-centre table."""
 OVERHEAD = timedelta(seconds=25)
 """Time between the end of one exposure and the start of the next."""
 SETTINGS_NAME = "soxspipe.yaml"
@@ -59,11 +53,12 @@ class SimulatedSet:
     instrument: str
     arm: str
     binning: tuple[int, int]
+    variation: Variation = field(default_factory=Variation)
 
 
 @dataclass(frozen=True)
 class _Writer:
-    """What the frame writers share."""
+    """What the frame writers share; ``extra_rng`` (varied sets only) draws the per-frame bias drift."""
 
     output_dir: Path
     scene: Scene
@@ -71,6 +66,7 @@ class _Writer:
     raw_layout: RawLayout
     bias_adu: np.ndarray
     start: datetime
+    extra_rng: np.random.Generator | None = None
 
 
 def simulate_set(
@@ -83,6 +79,7 @@ def simulate_set(
     seed: int = 0,
     scene: Scene | None = None,
     start: datetime = START,
+    variation: Variation | Mapping[str, object] | str | Path | None = None,
 ) -> SimulatedSet:
     """Write a raw lamp-flat set with its calibrations, SOF, settings and ground truth.
 
@@ -103,30 +100,45 @@ def simulate_set(
         of flats, ``nflats`` is then unused): lets many sets share one rendering (``simulate archive``).
     start
         DATE-OBS of the first flat; the calibrations are dated before it.
+    variation
+        Scene and detector variation (:mod:`soxs_mflat.simulate.variation`): None or ``"nominal"``
+        for the original design (the default; bit-identical to the sets before variation existed),
+        ``"random"`` to draw every factor from its range with ``seed``, a
+        :class:`~soxs_mflat.simulate.variation.Variation`, or a mapping (or the path of a YAML
+        file) of factors set over the nominal design (over a drawn one with ``random: true``). A
+        variation that sets ``nflats`` overrides the argument.
 
     Raises
     ------
     ValueError
-        For an unknown instrument or arm, a binning other than 1 or 2 (or any binning on NIR), or
-        ``nflats < 1``.
+        For an unknown instrument or arm, a binning other than 1 or 2 (or any binning on NIR),
+        ``nflats < 1``, or an unknown or unreadable variation.
     """
-    instrument, arm, binning = _validate(instrument, arm, binning, nflats)
+    instrument, arm, binning = _validate(instrument, arm, binning)
+    root, variation_seed, extra_seed = _seed_tree(instrument, arm, binning, seed)
+    defects_rng, lamp_rng, bias_rng, table_rng, frame_rng = (np.random.default_rng(s) for s in root)
+    variation = resolve_variation(variation, np.random.default_rng(variation_seed))
+    nflats = variation.nflats if variation.nflats is not None else nflats
+    if nflats < 1:
+        raise ValueError("nflats must be at least 1")
     output_dir = Path(output_dir)
     for sub in ("raw", "calib", "truth"):
         (output_dir / sub).mkdir(parents=True, exist_ok=True)
-    root = np.random.SeedSequence([seed, zlib.crc32(f"{instrument}/{arm}/{binning[0]}x{binning[1]}".encode())])
-    defects_rng, lamp_rng, bias_rng, table_rng, frame_rng = (np.random.default_rng(s) for s in root.spawn(5))
+    scene_extra, bias_extra, frame_extra, table_extra = (
+        (None,) * 4 if variation.is_nominal else (np.random.default_rng(s) for s in extra_seed.spawn(4))
+    )
     if scene is None:
-        scene = build_scene(instrument, arm, binning, nflats, defects_rng=defects_rng, lamp_rng=lamp_rng)
+        scene = build_scene(instrument, arm, binning, nflats, defects_rng=defects_rng, lamp_rng=lamp_rng,
+                            variation=variation, extra_rng=scene_extra)
     context = HeaderContext(scene.layout.spec, scene.layout.detector, binning)
     raw_layout = RawLayout(scene.layout.detector, binning)
-    writer = _Writer(
-        output_dir, scene, context, raw_layout, bias_pattern(raw_layout.rotated_shape, scene.layout.spec.bias_adu, bias_rng),
-        start,
-    )
+    bias = bias_pattern(raw_layout.rotated_shape, scene.layout.spec.bias_adu, bias_rng, variation=variation,
+                        extra_rng=bias_extra)
+    writer = _Writer(output_dir, scene, context, raw_layout, bias, start, frame_extra)
     flats, lamp_off = _write_frames(writer, frame_rng)
     calibrations = [] if arm == "NIR" else [_write_master_bias(writer, bias_rng)]
-    calibrations += _write_centre_tables(writer, table_rng)
+    tables = _write_centre_tables(writer, table_rng, table_extra)
+    calibrations += [(path, tag) for path, tag, _ in tables]
     lamp_field = "_".join(model.lamp.name.replace("_Lamp", "") for model in scene.lamps)
     stem = context.sof_stem(moment=start, exptime=scene.lamps[0].exptime, lamp=lamp_field)
     sof = _write_sof(output_dir / f"{stem}.sof", flats + lamp_off + calibrations)
@@ -140,6 +152,9 @@ def simulate_set(
         seed=seed,
         raw_flats=[path.name for path, _ in flats],
         lamp_off=[path.name for path, _ in lamp_off],
+        bias_quality=_master_bias_quality(writer) if arm != "NIR" else None,
+        centre_tables=[{"file": path.name, "orders": [int(o) for o in made.table.orders], "missing": list(made.missing),
+                        "extra": list(made.extra)} for path, _, made in tables],
     )
     return SimulatedSet(
         sof=sof,
@@ -151,10 +166,37 @@ def simulate_set(
         instrument=instrument,
         arm=arm,
         binning=binning,
+        variation=variation,
     )
 
 
-def _validate(instrument: str, arm: str, binning: tuple[int, int], nflats: int) -> tuple[str, str, tuple[int, int]]:
+def set_variation(
+    variation: Variation | Mapping[str, object] | str | Path | None,
+    *,
+    instrument: str = "soxs",
+    arm: str = "NIR",
+    binning: tuple[int, int] = (1, 1),
+    seed: int = 0,
+) -> Variation:
+    """The variation :func:`simulate_set` would use for these arguments, without simulating anything."""
+    instrument, arm, binning = _validate(instrument, arm, binning)
+    return resolve_variation(variation, np.random.default_rng(_seed_tree(instrument, arm, binning, seed)[1]))
+
+
+def _seed_tree(
+    instrument: str, arm: str, binning: tuple[int, int], seed: int
+) -> tuple[list[np.random.SeedSequence], np.random.SeedSequence, np.random.SeedSequence]:
+    """The set's seed tree: five nominal children, then the variation's and the extra draws' children.
+
+    The variation children come after the nominal ones, so a nominal set's draws never change.
+    """
+    root = np.random.SeedSequence([seed, zlib.crc32(f"{instrument}/{arm}/{binning[0]}x{binning[1]}".encode())])
+    nominal = root.spawn(5)
+    variation_seed, extra_seed = root.spawn(2)
+    return nominal, variation_seed, extra_seed
+
+
+def _validate(instrument: str, arm: str, binning: tuple[int, int]) -> tuple[str, str, tuple[int, int]]:
     instrument = str(instrument).lower()
     arm = str(arm).upper()
     if instrument not in INSTRUMENTS:
@@ -166,8 +208,6 @@ def _validate(instrument: str, arm: str, binning: tuple[int, int], nflats: int) 
         raise ValueError("NIR frames are never binned: use binning (1, 1)")
     if binx not in (1, 2) or biny not in (1, 2):
         raise ValueError(f"binning must be 1 or 2 along each axis, not {binx}x{biny}")
-    if nflats < 1:
-        raise ValueError("nflats must be at least 1")
     return instrument, arm, (binx, biny)
 
 
@@ -200,6 +240,8 @@ def _write_frames(writer: _Writer, rng: np.random.Generator) -> tuple[list[tuple
                 lamp_name=lamp.name,
             )
             expected = model.expected(scene.defects.response, index) + additive
+            if scene.defects.traps is not None:
+                expected = scene.defects.traps.apply(expected)
             flats.append((_write_raw(writer, name, expected, header, rng, exptime=model.exptime), tag))
             if context.arm != "NIR":
                 moment += step
@@ -218,8 +260,12 @@ def _write_raw(
 ) -> Path:
     """Realise photon noise and cosmic rays, embed in the raw layout and write uint16 ADU to HDU 0."""
     electrons = add_photon_noise(expected.astype(np.float32), rng)
-    add_cosmic_rays(electrons, rng, exptime=exptime)
-    raw = writer.raw_layout.to_raw(electrons, bias_adu=writer.bias_adu, gain=writer.context.gain, ron=writer.context.ron, rng=rng)
+    variation = writer.scene.variation
+    add_cosmic_rays(electrons, rng, exptime=exptime, rate_factor=variation.cosmic_ray_factor)
+    bias = writer.bias_adu
+    if writer.extra_rng is not None:
+        bias = bias + variation.bias_drift_rms * writer.extra_rng.standard_normal()
+    raw = writer.raw_layout.to_raw(electrons, bias_adu=bias, gain=writer.context.gain, ron=writer.context.ron, rng=rng)
     path = writer.output_dir / "raw" / name
     fits.PrimaryHDU(raw, header=header).writeto(path, overwrite=True)
     return path
@@ -229,14 +275,18 @@ def _write_master_bias(writer: _Writer, rng: np.random.Generator) -> tuple[Path,
     """Master bias product (spec §3): bias level in e⁻ plus hot-pixel charge, with the noise of N frames.
 
     Hot pixels whose bias charge exceeds 10σ of the master are flagged in QUAL, as a bias recipe
-    would; ERRS is the read noise over √N (the single-frame read noise where flagged).
+    would; ERRS is the read noise over √N (the single-frame read noise where flagged). Pixels that
+    are wrong in the master bias only (varied sets) carry their error, half of them flagged.
     """
     context = writer.context
     ron = context.ron
     rows, cols = writer.raw_layout.science
-    hot = writer.scene.defects.hot_rate * BIAS_DARK_TIME
+    defects = writer.scene.defects
+    hot = defects.hot_rate * BIAS_DARK_TIME
     flux = writer.bias_adu[rows, cols] * context.gain + hot + np.sqrt((ron**2 + hot) / N_BIAS) * rng.standard_normal(hot.shape)
-    bad = hot > 10.0 * ron / np.sqrt(N_BIAS)
+    if defects.bias_offset is not None:
+        flux += defects.bias_offset
+    bad = _master_bias_quality(writer)
     errs = np.where(bad, ron, ron / np.sqrt(N_BIAS))
     hdul = fits.HDUList(
         [
@@ -252,58 +302,29 @@ def _write_master_bias(writer: _Writer, rng: np.random.Generator) -> tuple[Path,
     return path, f"MASTER_BIAS_{context.arm}"
 
 
-def _write_centre_tables(writer: _Writer, rng: np.random.Generator) -> list[tuple[Path, str]]:
-    """One order-centre table per lamp (``…_DLAMP``/``…_QLAMP`` for X-shooter UVB)."""
+def _master_bias_quality(writer: _Writer) -> np.ndarray:
+    """QUAL of the master bias: hot pixels above 10σ of the master, and the flagged master-bias-only pixels."""
+    defects = writer.scene.defects
+    bad = defects.hot_rate * BIAS_DARK_TIME > 10.0 * writer.context.ron / np.sqrt(N_BIAS)
+    return bad if defects.bias_flagged is None else bad | defects.bias_flagged
+
+
+def _write_centre_tables(
+    writer: _Writer, rng: np.random.Generator, extra_rng: np.random.Generator | None
+) -> list[tuple[Path, str, CentreTable]]:
+    """One order-centre table per lamp (``…_DLAMP``/``…_QLAMP`` for X-shooter UVB): (path, SOF tag, table)."""
     context = writer.context
     written = []
     for model in writer.scene.lamps:
         lamp = model.lamp
         header = context.order_table(moment=writer.start - timedelta(minutes=20), table_object=lamp.order_table_object)
-        table = replace(measured_centre_table(writer.scene.layout, rng), header=table_header(header))
+        made = measured_centre_table(writer.scene.layout, rng, variation=writer.scene.variation, extra_rng=extra_rng)
+        table = replace(made.table, header=table_header(header))
         suffix = f"_{lamp.tag}" if lamp.tag else ""
         path = writer.output_dir / "calib" / f"ORDER_TAB_{context.arm}{suffix}.fits"
         write_order_table(table, path)
-        written.append((path, f"ORDER_TAB_{context.arm}"))
+        written.append((path, f"ORDER_TAB_{context.arm}", made))
     return written
-
-
-def measured_centre_table(layout: ArmLayout, rng: np.random.Generator) -> OrderTable:
-    """An order-centre table as soxs_order_centres would measure it (unbinned coefficients).
-
-    The true centres are sampled every 4 px along B. A smooth quadratic error surface in
-    (order, B), scaled to :data:`CENTRE_TABLE_RMS` rms (at most :data:`CENTRE_TABLE_MAX`), plus a
-    small ripple along each order and per-sample jitter are added, and the result is refitted with the
-    arm's default centre degrees (spec §4.3), as a real pinhole-trace fit would be.
-    """
-    orders, b_values = [], []
-    for index, order in enumerate(layout.orders):
-        b = np.arange(layout.b_start[index], layout.b_stop[index], 4.0)
-        orders.append(np.full(b.size, order, dtype=np.float64))
-        b_values.append(b)
-    order = np.concatenate(orders)
-    b = np.concatenate(b_values)
-    u = 2.0 * (order - layout.orders.min()) / max(np.ptp(layout.orders), 1) - 1.0
-    v = 2.0 * b / layout.b_length - 1.0
-    error = np.polynomial.chebyshev.chebval2d(u, v, rng.standard_normal((3, 3)))
-    error -= error.mean()
-    error *= min(CENTRE_TABLE_RMS / np.std(error), CENTRE_TABLE_MAX / np.abs(error).max())
-    phase = rng.uniform(0.0, 2.0 * np.pi, size=layout.orders.size)[np.searchsorted(layout.orders, order)]
-    error += 0.03 * np.sin(7.0 * np.pi * b / layout.b_length + phase) + 0.02 * rng.standard_normal(b.size)
-    deg_order, deg_b = layout.spec.centre_degrees
-    fit = fit_poly2d(order, b, layout.centre(order, b) + error, deg_order=min(deg_order, layout.orders.size - 1), deg_b=deg_b)
-    std = np.zeros_like(fit.poly.coeffs)
-    std[0, 0] = TRACE_STD
-    centres = [fit.poly(values, b_order) for values, b_order in zip(orders, b_values, strict=True)]
-    return OrderTable(
-        fitted_axis=layout.detector.fitted_axis,
-        orders=layout.orders.copy(),
-        b_min=layout.b_start.copy(),
-        b_max=layout.b_stop.copy(),
-        a_min=np.array([values.min() for values in centres]),
-        a_max=np.array([values.max() for values in centres]),
-        centre=fit.poly,
-        std=Poly2D(std),
-    )
 
 
 def _write_sof(path: Path, entries: list[tuple[Path, str]]) -> Path:
