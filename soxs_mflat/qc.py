@@ -9,6 +9,8 @@ products are written and the failure is reported as a warning.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,8 +21,6 @@ import numpy as np
 from soxs_mflat.badpixels import DEAD, HOT, LOW_SENSITIVITY, PARTIAL_EDGE, BadPixelResult
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from soxs_mflat.edges import EdgeFit
     from soxs_mflat.flatfield import FinishedFlat
     from soxs_mflat.frames import FrameFile
@@ -182,29 +182,23 @@ QC_TABLE_COLUMNS = ("soxspipe_recipe", "qc_name", "qc_value", "qc_unit", "qc_com
                     "reduction_date_utc", "to_header", "qc_order", "qc_flag", "qc_value_min", "qc_value_max")
 
 
-def qc_table(rows: Iterable[QCRow], *, obs_date: str, reduction_date: str) -> pd.DataFrame:
-    """The QC table (spec §8.1 columns, plus the range and its verdict), one row per metric and order."""
-    import pandas as pd  # needed only when the products are written, after the run's peak of memory
+def qc_table(rows: Iterable[QCRow], *, obs_date: str, reduction_date: str) -> str:
+    """The QC table as CSV (spec §8.1 columns, plus the range and its verdict), one row per metric and order.
 
-    records = [
-        {
-            "soxspipe_recipe": "soxs-mflat",
-            "qc_name": row.name,
-            "qc_value": row.value,
-            "qc_unit": row.unit,
-            "qc_comment": row.comment,
-            "obs_date_utc": obs_date,
-            "reduction_date_utc": reduction_date,
-            "to_header": row.to_header,
-            "qc_order": row.order,
-            "qc_flag": row.verdict,
-            "qc_value_min": row.limits[0] if row.limits else None,
-            "qc_value_max": row.limits[1] if row.limits else None,
-        }
-        for row in sorted(rows, key=lambda r: (r.name, r.order))
-    ]
-    return pd.DataFrame.from_records(records, columns=QC_TABLE_COLUMNS)
-
+    Written with the standard library's csv module: pandas would add ~0.4 s and ~35 MB to every run for a
+    table of twenty rows."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=QC_TABLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in sorted(rows, key=lambda r: (r.name, r.order)):
+        writer.writerow({
+            "soxspipe_recipe": "soxs-mflat", "qc_name": row.name, "qc_value": f"{row.value:.10g}",
+            "qc_unit": row.unit, "qc_comment": row.comment, "obs_date_utc": obs_date,
+            "reduction_date_utc": reduction_date, "to_header": row.to_header, "qc_order": row.order,
+            "qc_flag": row.verdict, "qc_value_min": "" if row.limits is None else f"{row.limits[0]:.10g}",
+            "qc_value_max": "" if row.limits is None else f"{row.limits[1]:.10g}",
+        })
+    return text.getvalue()
 
 def bad_pixel_counts(found: BadPixelResult, final_mask: np.ndarray, inside: np.ndarray) -> dict[str, float]:
     """N DEAD, N HOT, N LOW SENS, N ORDER EDGE, COLDPIX NUM/FRAC and BADPIX NUM (see :data:`METRICS`)."""

@@ -92,7 +92,7 @@ def write_products(transaction: ProductTransaction, paths: ProductPaths, inputs:
     obs_date = str(final.flats[0].header.get("DATE-OBS", ""))
     table = qc_table(deduplicate(final.qc), obs_date=obs_date,
                      reduction_date=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()))
-    transaction.stage_text(paths.qc_table(), table.to_csv(index=False, float_format="%.10g"))
+    transaction.stage_text(paths.qc_table(), table)
     records.append(ProductRecord("QC_TABLE", paths.qc_table(), "CSV", "QC", "QC metrics of this run"))
     return records
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from soxs_mflat.qc import COMMENT_LENGTH, FAIL, METRICS, NO_RANGE, PASS, canonical_name, failed, qc_row, qc_table
@@ -46,7 +48,7 @@ def test_canonical_names(spelling: str) -> None:
 def test_qc_table_has_the_spec_columns_and_the_verdicts() -> None:
     rows = [qc_row("X RES SD", 0.01, limits=(0, 0.005)), qc_row("N SLICES", 40, order=12, to_header=False),
             qc_row("ORDEXP90", 40000, limits=(10000, 150000))]
-    table = qc_table(rows, obs_date="2025-01-25T02:38:24", reduction_date="2026-12-07T12:00:00")
+    table = pd.read_csv(io.StringIO(qc_table(rows, obs_date="2025-01-25T02:38:24", reduction_date="2026-12-07T12:00:00")))
     assert list(table.columns[:10]) == ["soxspipe_recipe", "qc_name", "qc_value", "qc_unit", "qc_comment",
                                         "obs_date_utc", "reduction_date_utc", "to_header", "qc_order", "qc_flag"]
     by_name = table.set_index("qc_name")
