@@ -12,7 +12,7 @@ This measuring process imports nothing heavy and simulates nothing itself: a chi
 ``vfork``/``exec`` inherits its parent's peak RSS as its own starting ``ru_maxrss`` on Linux, so a
 big parent would inflate every measurement.
 
-Usage: python benchmarks/run_benchmarks.py [--runs N] [--sets soxs:VIS,soxs:NIR,xsh:VIS] [--output DIR]
+Usage: python benchmarks/run_benchmarks.py [--runs N] [--sets soxs:VIS,soxs:NIR,xsh:VIS,xsh:NIR,xsh:UVB] [--output DIR]
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def summary(runs: list[dict]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--sets", default="soxs:VIS,soxs:NIR,xsh:VIS")
+    parser.add_argument("--sets", default="soxs:VIS,soxs:NIR,xsh:VIS,xsh:NIR,xsh:UVB")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
