@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -125,12 +125,16 @@ def product_paths(*, stem: str, root: Path, instrument: str) -> ProductPaths:
     return ProductPaths(stem, root / PRODUCTS_SUBDIR, root / QC_SUBDIR, instrument)
 
 
-def write_hdus(hdus: list[fits.PrimaryHDU | fits.ImageHDU | fits.BinTableHDU], path: Path) -> Path:
-    """Write one FITS file (an intermediate product) atomically with astropy, verified strictly, with checksums."""
+def fits_writer(hdus: Sequence[fits.PrimaryHDU | fits.ImageHDU | fits.BinTableHDU]) -> Callable[[Path], None]:
+    """A writer for :meth:`ProductTransaction.stage`: astropy, strict verification, checksums."""
+    return lambda temporary: fits.HDUList(list(hdus)).writeto(temporary, output_verify="exception", checksum=True)
+
+
+def write_hdus(hdus: Sequence[fits.PrimaryHDU | fits.ImageHDU | fits.BinTableHDU], path: Path) -> Path:
+    """Write one FITS file (an intermediate product) atomically with :func:`fits_writer`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with ProductTransaction() as transaction:
-        transaction.stage(path, lambda temporary: fits.HDUList(hdus).writeto(temporary, output_verify="exception",
-                                                                            checksum=True))
+        transaction.stage(path, fits_writer(hdus))
         transaction.commit()
     return path
 

@@ -16,14 +16,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from soxs_mflat import plots
 from soxs_mflat.flatfield import LampFlat
 from soxs_mflat.footprints import frame_binning_ab, from_ba
 from soxs_mflat.inputs import VerifiedInputs
 from soxs_mflat.order_table import to_hdus
-from soxs_mflat.products import ProductPaths, image_hdus, primary_image_hdu, provenance_header
+from soxs_mflat.products import ProductPaths, fits_writer, image_hdus, primary_image_hdu, provenance_header
 from soxs_mflat.qc import QCRow, deduplicate, qc_table
 from soxs_mflat.settings import Settings
 from soxs_mflat.transaction import ProductTransaction
@@ -42,11 +41,6 @@ class ProductRecord:
     file_type: str
     label: str
     description: str
-
-
-def _write_fits(hdus: Sequence[fits.PrimaryHDU | fits.ImageHDU | fits.BinTableHDU]) -> Callable[[Path], None]:
-    """A writer for :meth:`ProductTransaction.stage`: astropy, strict verification, checksums."""
-    return lambda temporary: fits.HDUList(list(hdus)).writeto(temporary, output_verify="exception", checksum=True)
 
 
 @dataclass(frozen=True)
@@ -104,7 +98,7 @@ def _stage_fits(transaction: ProductTransaction, paths: ProductPaths, inputs: Ve
     header = provenance_header(inputs=inputs, flats=flat.flats, settings=settings, pro_catg=f"MASTER_FLAT_{arm}",
                                pro_tech="IMAGE", qc_rows=qc_rows, checksums=checksums)
     flux, mask, errs = (from_ba(image, axis) for image in (flat.data, flat.mask, flat.uncertainty))
-    transaction.stage(paths.master_flat(lamp), _write_fits(image_hdus(flux, mask, errs, header)))
+    transaction.stage(paths.master_flat(lamp), fits_writer(image_hdus(flux, mask, errs, header)))
     records = [ProductRecord(f"MFLAT{suffix}", paths.master_flat(lamp), "FITS", "PROD",
                              f"{arm} master spectroscopic flat frame")]
     table_header = header.copy()
@@ -114,7 +108,7 @@ def _stage_fits(transaction: ProductTransaction, paths: ProductPaths, inputs: Ve
     table_header["HIERARCH ESO PRO TECH"] = "ECHELLE,SLIT"
     table = flat.table.with_edges(flat.table.edge_low, flat.table.edge_up, header=table_header)
     binning_ab = frame_binning_ab(inputs.binning, axis)
-    transaction.stage(paths.order_table(lamp), _write_fits(to_hdus(table, trace_binning=binning_ab)))
+    transaction.stage(paths.order_table(lamp), fits_writer(to_hdus(table, trace_binning=binning_ab)))
     records.append(ProductRecord(f"ORDER_LOC{suffix}", paths.order_table(lamp), "FITS", "PROD",
                                  "table of coefficients from polynomial fits to order locations"))
     if flat.background is not None:
@@ -122,7 +116,7 @@ def _stage_fits(transaction: ProductTransaction, paths: ProductPaths, inputs: Ve
         background_header["HIERARCH ESO PRO CATG"] = f"FLAT_BKGROUND_{arm}"
         background_header["EXTNAME"] = "FLUX"
         image = np.asarray(from_ba(flat.background, axis), dtype=np.float32)
-        transaction.stage(paths.background(lamp), _write_fits([primary_image_hdu(image, background_header)]))
+        transaction.stage(paths.background(lamp), fits_writer([primary_image_hdu(image, background_header)]))
         records.append(ProductRecord(f"BKGROUND{suffix}", paths.background(lamp), "FITS", "QC",
                                      "modelled scattered background light (removed from the master flat)"))
     return records
